@@ -1,0 +1,42 @@
+"""`python -m vh_bench [-m] key=value ...`: the Hydra entry point (configs/config.yaml)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from vh_bench.config import register_resolvers
+from vh_bench.errors import ConfigError
+from vh_bench.paths import config_dir
+
+register_resolvers()
+log = logging.getLogger("vh_bench")
+
+
+@hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from vh_bench.report.table import format_table, results_frame
+    from vh_bench.runner import run
+
+    try:
+        results = run(cfg)
+    except ConfigError as exc:
+        # One line for people; no traceback for a bad value.
+        print(f"vh_bench: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    # Tell the sweep callback where this job's results went.
+    out = Path(HydraConfig.get().runtime.output_dir)
+    (out / "run_dir.txt").write_text(results["run_dir"] + "\n")
+    print(format_table(results_frame([results]), "md"))
+    chair = results.get("metrics", {}).get("chair") or {}
+    return chair.get("CHAIRs")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,20 @@
+"""Errors meant for people: one line naming what was wrong, the config key, and what to do."""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A config value is missing, malformed or out of range. The message names the key."""
+
+    def __init__(self, key: str, problem: str, fix: str = "") -> None:
+        self.key = key
+        msg = f"config `{key}`: {problem}"
+        if fix:
+            msg += f" ({fix})"
+        super().__init__(msg)
+
+
+class SampleError(RuntimeError):
+    """A single sample could not be processed (bad image, non-finite logits, ...).
+
+    Recorded on the sample's output line; the run goes on."""

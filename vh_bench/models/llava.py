@@ -1,0 +1,232 @@
+"""The one adapter that owns transformers' LLaVA internals (methods.md §1.1–1.2).
+
+Methods ask the adapter for the decoder layers, final norm, lm_head, image span, a fresh cache and
+a forward; they never reach into `model.model.language_model` themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from vh_bench.errors import ConfigError
+from vh_bench.models import templates
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class ModelInputs:
+    """A prepared sample: token ids with the image placeholder expanded, pixels, the image span."""
+
+    input_ids: torch.Tensor  # (1, L) long
+    pixel_values: torch.Tensor  # (1, 3, H, W) in the model dtype
+    image_start: int
+    n_image_tokens: int
+    prompt_text: str  # the rendered template, recorded in results
+    image: Image.Image | None = field(default=None, repr=False)  # for methods that crop (HALC)
+
+    @property
+    def length(self) -> int:
+        return int(self.input_ids.shape[1])
+
+
+def check_checkpoint(path_or_id: str) -> None:
+    """Fail before loading when a local directory is not a LLaVA checkpoint (one line, names the key)."""
+    p = Path(path_or_id)
+    looks_local = p.is_absolute() or path_or_id.startswith((".", "~")) or p.exists()
+    if not looks_local:
+        return  # a hub id: from_pretrained resolves it (cache or download)
+    p = p.expanduser()
+    if not p.is_dir():
+        raise ConfigError("model.path", f"{p} does not exist", "point it at a LLaVA-1.5 checkpoint directory or a hub id")
+    cfg = p / "config.json"
+    if not cfg.is_file():
+        raise ConfigError("model.path", f"{p} has no config.json", "not a Hugging Face checkpoint directory")
+    try:
+        model_type = json.loads(cfg.read_text()).get("model_type")
+    except json.JSONDecodeError as exc:
+        raise ConfigError("model.path", f"{cfg} is not valid JSON ({exc})") from exc
+    if model_type != "llava":
+        raise ConfigError(
+            "model.path",
+            f"{p} is a {model_type!r} checkpoint, not 'llava'",
+            "use a llava-hf checkpoint such as llava-hf/llava-1.5-7b-hf",
+        )
+    has_weights = any(p.glob("*.safetensors")) or any(p.glob("*.bin"))
+    if not has_weights:
+        raise ConfigError("model.path", f"{p} has no weight files (*.safetensors)", "the download is incomplete")
+
+
+class LlavaAdapter:
+    """Hugging Face `LlavaForConditionalGeneration` + `LlavaProcessor`, batch-1, no padding."""
+
+    def __init__(self, model: Any, processor: Any, *, prompt_template: str = "hf", name: str = "llava") -> None:
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.name = name
+        self.prompt_template = templates.resolve_template(prompt_template)
+        cfg = model.config
+        self.config = cfg
+        self.image_token_id = int(cfg.image_token_id)
+        self.n_layers = int(cfg.text_config.num_hidden_layers)
+        eos = model.generation_config.eos_token_id
+        self.eos_token_id = int(eos[0] if isinstance(eos, (list, tuple)) else eos)
+        self.unk_token_id = self.tokenizer.unk_token_id
+        vcfg = cfg.vision_config
+        self.expected_image_tokens = (vcfg.image_size // vcfg.patch_size) ** 2
+        if cfg.vision_feature_select_strategy != "default":
+            self.expected_image_tokens += 1
+        # Resolved once (methods.md §1.1); transformers 4.4x nested these differently.
+        inner = model.model
+        self.language_model = inner.language_model
+        self.vision_tower = inner.vision_tower
+        self.projector = inner.multi_modal_projector
+        self.lm_head = model.lm_head
+
+    # ---- loading -------------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        path: str,
+        *,
+        dtype: str = "float32",
+        device: str = "cpu",
+        attn_implementation: str = "sdpa",
+        prompt_template: str = "hf",
+        name: str = "llava",
+    ) -> "LlavaAdapter":
+        from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+        if dtype not in DTYPES:
+            raise ConfigError("runtime.dtype", f"{dtype!r} is not one of {sorted(DTYPES)}")
+        check_checkpoint(path)
+        templates.resolve_template(prompt_template)
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=False)
+        # Dict form: only the language model gets the harness's attention; the vision tower keeps
+        # sdpa (its attention modules have no layer_idx). methods.md §1.6.
+        model = LlavaForConditionalGeneration.from_pretrained(
+            path,
+            dtype=DTYPES[dtype],
+            attn_implementation={"text_config": attn_implementation, "vision_config": "sdpa"},
+            trust_remote_code=False,
+            tp_plan=None,  # torchrun shards data, never the model
+        )
+        model.to(device).eval()
+        model.requires_grad_(False)
+        return cls(model, processor, prompt_template=prompt_template, name=name)
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    @property
+    def layers(self) -> torch.nn.ModuleList:
+        return self.language_model.layers
+
+    @property
+    def final_norm(self) -> torch.nn.Module:
+        return self.language_model.norm
+
+    @property
+    def embed_tokens(self) -> torch.nn.Module:
+        return self.language_model.embed_tokens
+
+    # ---- inputs --------------------------------------------------------------------------
+    def render_prompt(self, prompt: str) -> str:
+        return self.prompt_template.replace("{prompt}", prompt)
+
+    def prepare(self, image: Image.Image, prompt: str) -> ModelInputs:
+        """Template → processor → tensors on the model's device; the image span is checked."""
+        text = self.render_prompt(prompt)
+        enc = self.processor(images=image, text=text, return_tensors="pt")
+        input_ids = enc["input_ids"].to(self.device)
+        pixel_values = enc["pixel_values"].to(self.device, self.dtype)
+        start, n = self.image_span(input_ids)
+        return ModelInputs(input_ids, pixel_values, start, n, text, image)
+
+    def image_span(self, input_ids: torch.Tensor) -> tuple[int, int]:
+        """(start, n_img) of the contiguous image-token run (methods.md §1.2); never hard-coded."""
+        pos = torch.nonzero(input_ids[0] == self.image_token_id).flatten()
+        if pos.numel() == 0:
+            raise ConfigError("model.prompt_template", "the rendered prompt holds no image token")
+        start, n = int(pos[0]), int(pos.numel())
+        if int(pos[-1]) != start + n - 1:
+            raise ConfigError("model.prompt_template", "image tokens are not contiguous in the rendered prompt")
+        if n != self.expected_image_tokens:
+            raise ConfigError(
+                "model.prompt_template",
+                f"{n} image tokens in the prompt but the vision tower yields {self.expected_image_tokens}",
+            )
+        return start, n
+
+    # ---- model calls ---------------------------------------------------------------------
+    def new_cache(self):
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.config.text_config)
+
+    def forward(
+        self,
+        *,
+        cache: Any,
+        input_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+    ) -> Any:
+        """One batch-1 (rows = beams/branches) forward with the rules of methods.md §1.1."""
+        return self.model(
+            input_ids=input_ids if inputs_embeds is None else None,
+            pixel_values=pixel_values,
+            inputs_embeds=inputs_embeds,
+            attention_mask=None,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+
+    @staticmethod
+    def last_logits(out: Any) -> torch.Tensor:
+        """(rows, V) fp32: all method arithmetic on logits is fp32 (methods.md §0)."""
+        return out.logits[:, -1, :].float()
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Projected image features (n_img, hidden) with the config's layer/strategy passed explicitly."""
+        cfg = self.config
+        feats = self.model.model.get_image_features(
+            pixel_values=pixel_values,
+            vision_feature_layer=cfg.vision_feature_layer,
+            vision_feature_select_strategy=cfg.vision_feature_select_strategy,
+        )
+        if hasattr(feats, "pooler_output"):  # transformers 5 returns a model output
+            feats = feats.pooler_output
+        if isinstance(feats, (list, tuple)):
+            feats = torch.cat(list(feats), dim=0)
+        return feats.reshape(-1, feats.shape[-1])
+
+    def build_inputs_embeds(self, inputs: ModelInputs, pixel_values: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings with the projected image features written into the image span (§1.5)."""
+        embeds = self.embed_tokens(inputs.input_ids).clone()
+        feats = self.image_features(inputs.pixel_values if pixel_values is None else pixel_values)
+        s, n = inputs.image_start, inputs.n_image_tokens
+        embeds[0, s : s + n] = feats.to(embeds.dtype)
+        return embeds
+
+    def decode_text(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True).strip()

@@ -1,0 +1,40 @@
+"""Prompt templates (methods.md §1.3). A preset name or a literal with one `<image>` and one `{prompt}`."""
+
+from __future__ import annotations
+
+from vh_bench.errors import ConfigError
+
+_SYSTEM_USER = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+_SYSTEM_HUMAN = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+
+PRESETS: dict[str, str] = {
+    "hf": "USER: <image>\n{prompt} ASSISTANT:",
+    "vicuna_v1": _SYSTEM_USER + " USER: <image>\n{prompt} ASSISTANT:",
+    "llava_v1": _SYSTEM_HUMAN + " USER: <image>\n{prompt} ASSISTANT:",
+    # HALC's and VASparse's caption drivers: no separator after the system message, a space after
+    # the image placeholder.
+    "halc": _SYSTEM_USER + "USER: <image> {prompt} ASSISTANT:",
+}
+
+
+def resolve_template(template: str) -> str:
+    """The literal template string for a preset name or a literal; validated."""
+    text = PRESETS.get(template, template)
+    if text.count("<image>") != 1 or text.count("{prompt}") != 1:
+        raise ConfigError(
+            "model.prompt_template",
+            f"{template!r} is neither a preset ({', '.join(PRESETS)}) nor a string with exactly one "
+            "<image> and one {prompt}",
+        )
+    return text
+
+
+def render(template: str, prompt: str) -> str:
+    # str.replace, not str.format: prompts may contain braces.
+    return resolve_template(template).replace("{prompt}", prompt)

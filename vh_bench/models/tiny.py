@@ -1,0 +1,167 @@
+"""Random-weight LLaVA checkpoints built offline from a config (no hub access).
+
+`build_tiny_llava` writes an ordinary Hugging Face checkpoint directory (config, safetensors,
+tokenizer, processor), so the tiny and bench models go through exactly the same
+`from_pretrained` path as real LLaVA-1.5 weights. The directory name carries a hash of the build
+parameters: the same parameters (seed included) give the same weights and are built only once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+from vh_bench.models.tiny_vocab import vocabulary
+
+log = logging.getLogger(__name__)
+
+SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")  # ids 0, 1, 2 as in LLaVA-1.5's Llama tokenizer
+IMAGE_TOKEN = "<image>"
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """Shape of a random LLaVA. Defaults: the test model of methods.md §8 at 336 px."""
+
+    seed: int = 0
+    image_size: int = 336
+    patch_size: int = 14
+    vision_hidden: int = 64
+    vision_layers: int = 2
+    vision_heads: int = 2
+    text_hidden: int = 128
+    text_layers: int = 4
+    text_heads: int = 4
+    text_kv_heads: int = 4
+    text_intermediate: int = 256
+    pad_vocab_to: int = 0  # 0: vocabulary size of the word list; else a larger, realistic lm_head
+    initializer_range: float = 0.3  # methods.md §1.9: wide margins so greedy outputs vary
+
+    def digest(self) -> str:
+        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def build_tokenizer_object() -> Tokenizer:
+    """A WordLevel tokenizer over caption words + COCO object words, LLaVA's special ids."""
+    words = vocabulary()
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    for w in words:
+        vocab.setdefault(w, len(vocab))
+    vocab[IMAGE_TOKEN] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence([])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
+    )
+    # The processor adds BOS, like LLaMA's tokenizer does (methods.md §1.3).
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", 1)]
+    )
+    return tok
+
+
+def _make_processor(spec: TinySpec):
+    from transformers import LlavaProcessor, PreTrainedTokenizerFast
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=build_tokenizer_object(),
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<unk>",
+        extra_special_tokens={"image_token": IMAGE_TOKEN},
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": spec.image_size},
+        crop_size={"height": spec.image_size, "width": spec.image_size},
+    )
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=spec.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # the CLS token the "default" strategy drops
+    )
+
+
+def _make_model(spec: TinySpec, vocab_size: int, image_token_id: int):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    vision = CLIPVisionConfig(
+        image_size=spec.image_size,
+        patch_size=spec.patch_size,
+        hidden_size=spec.vision_hidden,
+        intermediate_size=spec.vision_hidden * 4,
+        num_hidden_layers=spec.vision_layers,
+        num_attention_heads=spec.vision_heads,
+        projection_dim=spec.vision_hidden,
+    )
+    text = LlamaConfig(
+        vocab_size=max(vocab_size, spec.pad_vocab_to),
+        hidden_size=spec.text_hidden,
+        intermediate_size=spec.text_intermediate,
+        num_hidden_layers=spec.text_layers,
+        num_attention_heads=spec.text_heads,
+        num_key_value_heads=spec.text_kv_heads,
+        max_position_embeddings=4096,
+        initializer_range=spec.initializer_range,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=image_token_id,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        initializer_range=spec.initializer_range,
+    )
+    # Seeded locally: building a model must not disturb anyone's global RNG state.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        model = LlavaForConditionalGeneration(config)
+    model.generation_config.eos_token_id = 2
+    model.generation_config.bos_token_id = 1
+    model.generation_config.pad_token_id = 0
+    return model.eval()
+
+
+def build_tiny_llava(spec: TinySpec, cache_dir: str | os.PathLike) -> Path:
+    """Return a checkpoint directory for `spec`, building it (atomically) if absent."""
+    target = Path(cache_dir) / f"tiny-llava-{spec.digest()}"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("building random-weight LLaVA %s in %s", spec, target)
+    processor = _make_processor(spec)
+    tok = processor.tokenizer
+    model = _make_model(spec, vocab_size=len(tok), image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN))
+    # Written to a temporary sibling and renamed, so a crash never leaves half a checkpoint.
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        (tmp / "vh_bench_spec.json").write_text(json.dumps(asdict(spec), indent=1))
+        os.replace(tmp, target)
+    except OSError:
+        if (target / "config.json").is_file():  # a concurrent builder won the race
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target

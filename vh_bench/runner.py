@@ -1,0 +1,316 @@
+"""compose → validate → build → generate (one line per sample) → score → results.json.
+
+Data flows one way (design.md): the runner hands each dataset `Sample` to the adapter, the prepared
+inputs to the method, the method's `Generation` to a sample line, and the lines to the dataset's
+scorer. Everything that changes outputs is fingerprinted into the run directory's name, so the
+same command continues the same directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from vh_bench.config import gen_config, resolve_device, results_dir, to_plain
+from vh_bench.data.base import Dataset
+from vh_bench.data.images import load_rgb
+from vh_bench.decoding.method import Method
+from vh_bench.decoding.seeding import SampleSeeds
+from vh_bench.errors import ConfigError, SampleError
+from vh_bench.metrics.speed import speed_from_rows
+from vh_bench.models.llava import LlavaAdapter, check_checkpoint
+from vh_bench.models.templates import resolve_template
+from vh_bench.provenance import device_description, git_commit, library_versions
+from vh_bench.records import GenConfig, Sample
+from vh_bench.store import RunStore, atomic_write_json, atomic_write_text, fingerprint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Plan:
+    """Everything decided before any model is loaded."""
+
+    cfg: DictConfig
+    gen: GenConfig
+    method: Method
+    dataset: Dataset
+    device: str
+    dtype: str
+    model_path: str | None
+    fingerprint: str
+    run_dir: Path
+    shard_index: int
+    shard_count: int
+
+
+def build_method(cfg: DictConfig) -> Method:
+    if "_target_" not in cfg.method:
+        raise ConfigError("method", "has no _target_", "every configs/method/*.yaml names its class")
+    try:
+        method = instantiate(cfg.method, _convert_="all")
+    except Exception as exc:  # noqa: BLE001 - Hydra wraps TypeErrors of unknown keys
+        cause = exc.__cause__ or exc
+        raise ConfigError("method", f"cannot build {cfg.method._target_}: {cause}".splitlines()[0]) from exc
+    if not isinstance(method, Method):
+        raise ConfigError("method._target_", f"{cfg.method._target_} is not a vh_bench Method")
+    return method
+
+
+def build_dataset(cfg: DictConfig) -> Dataset:
+    try:
+        ds = instantiate(cfg.dataset, _convert_="all")
+    except Exception as exc:  # noqa: BLE001
+        cause = exc.__cause__ or exc
+        raise ConfigError("dataset", f"cannot build {cfg.dataset.get('_target_')}: {cause}".splitlines()[0]) from exc
+    return ds
+
+
+def model_identity(cfg: DictConfig) -> dict[str, Any]:
+    m = cfg.model
+    return {
+        "name": m.name,
+        "path": m.path if m.tiny is None else None,
+        "tiny": to_plain(m.tiny),
+        "prompt_template": resolve_template(str(m.prompt_template)),
+    }
+
+
+def resolve_model_path(cfg: DictConfig) -> str:
+    """The checkpoint to load: the configured path, or the random model built from `model.tiny`."""
+    if cfg.model.tiny is not None:
+        from vh_bench.models.tiny import TinySpec, build_tiny_llava
+
+        try:
+            spec = TinySpec(**to_plain(cfg.model.tiny))
+        except TypeError as exc:
+            raise ConfigError("model.tiny", str(exc)) from exc
+        return str(build_tiny_llava(spec, Path(str(cfg.paths.cache_dir)) / "models"))
+    if not cfg.model.path:
+        raise ConfigError("model.path", "is empty", "a hub id such as llava-hf/llava-1.5-7b-hf or a local directory")
+    return str(cfg.model.path)
+
+
+def shard_of(cfg: DictConfig) -> tuple[int, int]:
+    """Shard from config, else from torchrun's RANK/WORLD_SIZE, else (0, 1)."""
+    sh = cfg.runtime.shard
+    index = sh.index if sh.index is not None else int(os.environ.get("RANK", 0))
+    count = sh.count if sh.count is not None else int(os.environ.get("WORLD_SIZE", 1))
+    if count < 1 or not 0 <= index < count:
+        raise ConfigError("runtime.shard", f"index {index} / count {count} out of range", "0 <= index < count")
+    return int(index), int(count)
+
+
+def in_shard(sample_id: str, index: int, count: int) -> bool:
+    # By hash of the id, not by position: a sample belongs to the same shard whatever is already done.
+    h = int.from_bytes(hashlib.sha256(sample_id.encode()).digest()[:8], "little")
+    return h % count == index
+
+
+def dataset_identity(dataset: Dataset) -> dict[str, Any]:
+    """What selects a dataset's samples and prompts (not where the files live, not how it is scored)."""
+    ident = getattr(dataset, "identity", None)
+    return ident() if callable(ident) else dataset.provenance()
+
+
+def plan(cfg: DictConfig) -> Plan:
+    """Validate everything that can be validated without loading a model."""
+    method = build_method(cfg)
+    dataset = build_dataset(cfg)
+    gen = gen_config(cfg, getattr(dataset, "max_new_tokens", None))
+    method.check(gen)
+    runtime = cfg.runtime
+    if runtime.limit is not None and int(runtime.limit) < 1:
+        raise ConfigError("runtime.limit", f"must be >= 1 or null, got {runtime.limit}")
+    if int(runtime.warmup_samples) < 0:
+        raise ConfigError("runtime.warmup_samples", "must be >= 0")
+    if runtime.attn_backend not in ("sdpa", "eager"):
+        raise ConfigError("runtime.attn_backend", f"{runtime.attn_backend!r} is not sdpa or eager")
+    if runtime.on_oom not in ("skip", "raise"):
+        raise ConfigError("runtime.on_oom", f"{runtime.on_oom!r} is not skip or raise")
+    device, dtype = resolve_device(runtime)
+    if cfg.model.tiny is None:
+        check_checkpoint(str(cfg.model.path))
+    dataset.check()
+    identity = {
+        "model": model_identity(cfg),
+        "method": method.fingerprint(),
+        "dataset": dataset_identity(dataset),
+        "generation": gen.__dict__,
+        "seed": int(runtime.seed),
+        "dtype": dtype,
+        "attn_backend": runtime.attn_backend,
+    }
+    fp = fingerprint(identity)
+    run_dir = results_dir(cfg) / "runs" / str(cfg.model.name) / dataset.name / method.name / fp[:8]
+    index, count = shard_of(cfg)
+    return Plan(cfg, gen, method, dataset, device, dtype, None, fp, run_dir, index, count)
+
+
+def _select_samples(p: Plan) -> list[Sample]:
+    samples = p.dataset.samples()
+    ids = [s.sample_id for s in samples]
+    if len(set(ids)) != len(ids):
+        raise ConfigError("dataset", "sample ids are not unique")
+    if p.cfg.runtime.limit is not None:
+        samples = samples[: int(p.cfg.runtime.limit)]
+    return samples
+
+
+def _sample_line(sample: Sample, gen_out: Any, *, device: str, warmup: bool, error: str | None) -> dict[str, Any]:
+    row: dict[str, Any] = {**sample.meta, "sample_id": sample.sample_id, "error": error, "warmup": warmup, "device": device}
+    if gen_out is None:
+        row.update(text="", token_ids=[], n_new_tokens=0, t_prefill_s=0.0, t_decode_s=0.0)
+    else:
+        row.update(
+            text=gen_out.text,
+            token_ids=gen_out.token_ids,
+            n_new_tokens=gen_out.n_new_tokens,
+            t_prefill_s=gen_out.t_prefill_s,
+            t_decode_s=gen_out.t_decode_s,
+        )
+        if gen_out.extras:
+            row["extras"] = gen_out.extras
+    return row
+
+
+def _peak_memory(device: str) -> dict[str, Any]:
+    if device.startswith("cuda"):
+        return {
+            "peak_allocated_bytes": torch.cuda.max_memory_allocated(),
+            "peak_reserved_bytes": torch.cuda.max_memory_reserved(),
+        }
+    # CPU: the process's peak resident set (kilobytes on Linux).
+    return {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def generate_samples(p: Plan, store: RunStore, samples: list[Sample]) -> dict[str, Any]:
+    """Generate every selected sample of this shard that has no line yet. Returns run facts."""
+    done = store.done_ids()
+    todo = [s for s in samples if s.sample_id not in done and in_shard(s.sample_id, p.shard_index, p.shard_count)]
+    facts: dict[str, Any] = {"n_generated_now": len(todo), "n_already_done": len(done)}
+    if not todo:
+        return facts
+    rt = p.cfg.runtime
+    if rt.num_threads:
+        torch.set_num_threads(int(rt.num_threads))
+    model_path = resolve_model_path(p.cfg)
+    t0 = time.perf_counter()
+    adapter = LlavaAdapter.load(
+        model_path,
+        dtype=p.dtype,
+        device=p.device,
+        attn_implementation=str(rt.attn_backend),
+        prompt_template=str(p.cfg.model.prompt_template),
+        name=str(p.cfg.model.name),
+    )
+    facts["model_load_s"] = time.perf_counter() - t0
+    facts["model_path"] = model_path
+    if p.device.startswith("cuda"):
+        facts["weights_bytes"] = torch.cuda.memory_allocated()
+    shard = f"{p.shard_index}-of-{p.shard_count}" if p.shard_count > 1 else ""
+    warmup_left = int(rt.warmup_samples)
+    with store.open_samples(shard) as writer:
+        bar = tqdm(todo, desc=f"{p.method.name} on {p.dataset.name}", unit="sample", disable=not rt.progress, file=sys.stderr)
+        for sample in bar:
+            error, out = None, None
+            try:
+                image = load_rgb(sample.image_path)
+                inputs = adapter.prepare(image, sample.prompt)
+                out = p.method.generate(adapter, inputs, p.gen, SampleSeeds(int(rt.seed), sample.sample_id))
+            except SampleError as exc:
+                error = str(exc)
+            except torch.cuda.OutOfMemoryError as exc:
+                if rt.on_oom == "raise":
+                    raise
+                torch.cuda.empty_cache()
+                error = f"CUDA out of memory: {str(exc).splitlines()[0]}"
+            if error:
+                log.warning("%s: %s", sample.sample_id, error)
+            warm = error is None and warmup_left > 0
+            if warm:
+                warmup_left -= 1
+                if p.device.startswith("cuda"):
+                    torch.cuda.reset_peak_memory_stats()
+            writer.write(_sample_line(sample, out, device=p.device, warmup=warm, error=error))
+    facts["memory"] = _peak_memory(p.device)
+    return facts
+
+
+def score(p: Plan, store: RunStore, samples: list[Sample], facts: dict[str, Any]) -> dict[str, Any]:
+    wanted = {s.sample_id for s in samples}
+    rows = [r for r in store.rows() if r["sample_id"] in wanted]
+    complete = len(rows) == len(wanted)
+    metrics = p.dataset.score(rows) if rows else {}
+    cfg = p.cfg
+    results = {
+        "fingerprint": p.fingerprint,
+        "run_dir": str(p.run_dir),
+        "model": str(cfg.model.name),
+        "dataset": p.dataset.name,
+        "task": p.dataset.task,
+        "method": p.method.name,
+        "method_label": getattr(p.method, "label", p.method.name),
+        "hyperparameters": p.method.hyperparameters(),
+        "generation": p.gen.__dict__,
+        "prompt_template": resolve_template(str(cfg.model.prompt_template)),
+        "seed": int(cfg.runtime.seed),
+        "dtype": p.dtype,
+        "attention": {"text": "vh_attn", "plain_kernel": str(cfg.runtime.attn_backend), "vision": "sdpa"},
+        "n_samples": len(wanted),
+        "n_done": len(rows),
+        "n_errors": sum(1 for r in rows if r.get("error")),
+        "errors": {r["sample_id"]: r["error"] for r in rows if r.get("error")},
+        "complete": complete,
+        "metrics": metrics,
+        "speed": speed_from_rows(rows),
+        "run": facts,
+        "data": p.dataset.provenance(),
+        "device": device_description(p.device),
+        "versions": library_versions(),
+        "git": git_commit(),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    atomic_write_json(store.results_path, results)
+    return results
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    p = plan(cfg)
+    store = RunStore(p.run_dir)
+    atomic_write_text(p.run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    manifest = {
+        "status": "running",
+        "fingerprint": p.fingerprint,
+        "argv": sys.argv,
+        "versions": library_versions(),
+        "git": git_commit(),
+        "device": p.device,
+        "shard": [p.shard_index, p.shard_count],
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    atomic_write_json(p.run_dir / "manifest.json", manifest)
+    samples = _select_samples(p)
+    log.info("run directory %s (%d samples)", p.run_dir, len(samples))
+    try:
+        facts = generate_samples(p, store, samples)
+    except BaseException:
+        atomic_write_json(p.run_dir / "manifest.json", {**manifest, "status": "failed"})
+        raise
+    results = score(p, store, samples, facts)
+    manifest["status"] = "complete" if results["complete"] else "partial"
+    manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    atomic_write_json(p.run_dir / "manifest.json", manifest)
+    return results
