@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from vh_bench.metrics.chair import GroundTruth
+
+log = logging.getLogger(__name__)
 
 
 def caption_pairs(rows: list[dict[str, Any]]) -> tuple[list[tuple[int, str]], int]:
@@ -36,5 +39,11 @@ def score_captions(
     if opope:
         from vh_bench.metrics import opope as opope_metric
 
-        out["opope"] = opope_metric.score_captions_all_splits(pairs, gt.objects, seed=seed)
+        try:
+            out["opope"] = opope_metric.score_captions_all_splits(pairs, gt.objects, seed=seed)
+        except ValueError as exc:
+            # Too few images/objects to draw negatives (e.g. a 2-sample smoke run): say so in the
+            # results instead of failing the whole scoring.
+            log.warning("OPOPE not computed: %s", exc)
+            out["opope"] = {"error": str(exc)}
     return out

@@ -1,87 +1,59 @@
-"""Collect `results.json` files into one pandas table (one row per run) and format it."""
+"""The runs table: one row per results.json (what `python -m vh_bench` prints after a run).
+
+The paper-layout tables (methods × models, seeds aggregated) are in `report.paper`.
+"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-FORMATS = ("md", "csv", "latex")
+from vh_bench.report.layout import FORMATS, latex_escape, simple_markdown
+from vh_bench.report.records import find_results, load_results, run_record
 
-
-def find_results(root: Path) -> list[Path]:
-    return sorted(p for p in Path(root).rglob("results.json") if p.is_file())
-
-
-def load_results(paths: Iterable[Path]) -> list[dict[str, Any]]:
-    out = []
-    for p in paths:
-        try:
-            out.append(json.loads(p.read_text()))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{p}: not valid JSON ({exc})") from None
-    return out
-
-
-def _flatten(prefix: str, value: Any, into: dict[str, Any]) -> None:
-    if isinstance(value, Mapping):
-        for k, v in value.items():
-            _flatten(f"{prefix}.{k}", v, into)
-    else:
-        into[prefix] = value if not isinstance(value, list) else json.dumps(value)
-
-
-def _pct(x: Any) -> float | None:
-    return None if x is None else round(100.0 * float(x), 2)
-
-
-def _row(res: Mapping[str, Any]) -> dict[str, Any]:
-    gen = res.get("generation", {})
-    row: dict[str, Any] = {
-        "model": res.get("model"),
-        "dataset": res.get("dataset"),
-        "method": res.get("method_label", res.get("method")),
-        "strategy": gen.get("strategy"),
-        "beams": gen.get("num_beams"),
-        "max_new": gen.get("max_new_tokens"),
-        "seed": res.get("seed"),
-    }
-    hyper: dict[str, Any] = {}
-    _flatten("method", res.get("hyperparameters", {}), hyper)
-    row.update(hyper)
-    metrics = res.get("metrics", {}) or {}
-    chair = metrics.get("chair") or {}
-    if chair:
-        row["CHAIR_S"] = _pct(chair.get("CHAIRs"))
-        row["CHAIR_I"] = _pct(chair.get("CHAIRi"))
-        row["Recall"] = _pct(chair.get("Recall"))
-        row["Len"] = chair.get("avg_tokens")
-    for split, m in (metrics.get("opope") or {}).items():
-        if isinstance(m, Mapping) and "f1" in m:
-            row[f"OPOPE_F1.{split}"] = _pct(m["f1"])
-    pope = metrics.get("pope") or {}
-    if pope:
-        split = res.get("data", {}).get("split", "")
-        suffix = f".{split}" if split else ""
-        row[f"POPE_F1{suffix}"] = _pct(pope.get("f1"))
-        row[f"POPE_acc{suffix}"] = _pct(pope.get("accuracy"))
-        row[f"POPE_yes{suffix}"] = _pct(pope.get("yes_ratio"))
-    speed = res.get("speed", {}) or {}
-    row["decode_tok_s"] = _round(speed.get("decode_tokens_per_s"), 2)
-    row["e2e_tok_s"] = _round(speed.get("e2e_tokens_per_s"), 2)
-    row["prefill_ms"] = _round(speed.get("prefill_ms_mean"), 1)
-    row["new_tokens"] = _round(speed.get("mean_new_tokens"), 1)
-    row["n"] = res.get("n_done")
-    row["errors"] = res.get("n_errors")
-    row["run"] = Path(str(res.get("run_dir", ""))).name
-    return row
+__all__ = ["FORMATS", "find_results", "format_table", "load_results", "results_frame"]
 
 
 def _round(x: Any, nd: int) -> float | None:
     return None if x is None else round(float(x), nd)
+
+
+def _row(res: Mapping[str, Any]) -> dict[str, Any]:
+    rec = run_record(res)
+    gen = rec.generation
+    row: dict[str, Any] = {
+        "model": rec.model,
+        "dataset": rec.dataset,
+        "method": rec.label,
+        "strategy": gen.get("strategy"),
+        "beams": gen.get("num_beams"),
+        "max_new": gen.get("max_new_tokens"),
+        "seed": rec.seed,
+    }
+    row.update({f"method.{k}": v for k, v in rec.hyper.items()})
+    for key in ("CHAIR_S", "CHAIR_I", "Recall"):
+        if key in rec.metrics:
+            row[key] = _round(rec.metrics[key], 2)
+    if "Len" in rec.metrics:
+        row["Len"] = _round(rec.metrics["Len"], 1)
+    for split, f1 in rec.opope.items():
+        row[f"OPOPE_F1.{split}"] = _round(f1, 2)
+    for split, f1 in rec.pope.items():
+        row[f"POPE_F1.{split}"] = _round(f1, 2)
+    speed = rec.speed
+    row["decode_tok_s"] = _round(speed.get("decode_tokens_per_s"), 2)
+    row["e2e_tok_s"] = _round(speed.get("e2e_tokens_per_s"), 2)
+    row["prefill_ms"] = _round(speed.get("prefill_ms_mean"), 1)
+    row["ms_tok_p50"] = _round(speed.get("decode_ms_per_token_p50"), 2)
+    row["ms_tok_p90"] = _round(speed.get("decode_ms_per_token_p90"), 2)
+    row["new_tokens"] = _round(speed.get("mean_new_tokens"), 1)
+    row["speed_ok"] = rec.speed_comparable
+    row["n"] = res.get("n_done")
+    row["errors"] = res.get("n_errors")
+    row["run"] = rec.run
+    return row
 
 
 def results_frame(results: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
@@ -98,21 +70,16 @@ def results_frame(results: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
 
 def format_table(df: pd.DataFrame, fmt: str = "md") -> str:
     if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; one of {FORMATS}")
+        raise ValueError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
     if df.empty:
         return "(no results)"
     if fmt == "csv":
-        return df.to_csv(index=False)
+        return df.to_csv(index=False).rstrip("\n")
     shown = df.astype(object).where(df.notna(), "")
     if fmt == "latex":
-        return shown.to_latex(index=False, escape=True)
-    return _markdown(shown)
-
-
-def _markdown(df: pd.DataFrame) -> str:
-    # pandas' to_markdown needs `tabulate`; this small writer avoids the extra dependency.
-    cols = [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for _, r in df.iterrows():
-        lines.append("| " + " | ".join(str(v) for v in r.tolist()) + " |")
-    return "\n".join(lines)
+        # Written by hand: DataFrame.to_latex needs jinja2, which is not a dependency.
+        head = " & ".join(latex_escape(c) for c in shown.columns) + r" \\"
+        body = [" & ".join(latex_escape(v) for v in r) + r" \\" for r in shown.itertuples(index=False)]
+        spec = "l" * len(shown.columns)
+        return "\n".join([r"\begin{tabular}{" + spec + "}", r"\toprule", head, r"\midrule", *body, r"\bottomrule", r"\end{tabular}"])
+    return simple_markdown([str(c) for c in shown.columns], shown.values.tolist())

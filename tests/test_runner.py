@@ -1,0 +1,152 @@
+"""The runner end to end on the tiny model: lines, results.json, content-addressed resume, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import FAST, results_override, run_cli
+from vh_bench.config import compose
+from vh_bench.errors import ConfigError
+from vh_bench.models import llava
+from vh_bench.runner import plan, run
+
+LINE_KEYS = {"sample_id", "text", "n_new_tokens", "t_prefill_s", "t_decode_s", "error", "token_ids", "image_id"}
+
+
+def _cfg(tmp_path: Path, *extra: str):
+    return compose([*FAST, results_override(tmp_path), *extra])
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bad-input errors must come before any model is loaded."""
+
+    def refuse(*a, **k):
+        raise AssertionError("a model was loaded before the config was validated")
+
+    monkeypatch.setattr(llava.LlavaAdapter, "load", classmethod(refuse))
+
+
+def test_run_writes_lines_and_results(tmp_path: Path) -> None:
+    res = run(_cfg(tmp_path, "runtime.limit=3"))
+    run_dir = Path(res["run_dir"])
+    assert run_dir.parent.parent.parent.parent == tmp_path / "runs"
+    assert run_dir.relative_to(tmp_path / "runs").parts[:3] == ("tiny", "demo", "vanilla")
+    assert {p.name for p in run_dir.iterdir()} >= {"config.yaml", "manifest.json", "samples.jsonl", "results.json"}
+    lines = [json.loads(x) for x in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert len(lines) == 3
+    for line in lines:
+        assert LINE_KEYS <= set(line)
+        assert line["error"] is None
+        assert 1 <= line["n_new_tokens"] <= 6 and len(line["token_ids"]) == line["n_new_tokens"]
+        assert line["t_prefill_s"] > 0 and line["t_decode_s"] > 0
+    assert [x["warmup"] for x in lines] == [True, False, False]
+    stored = json.loads((run_dir / "results.json").read_text())
+    assert stored["fingerprint"] == res["fingerprint"] and run_dir.name == res["fingerprint"][:8]
+    assert stored["complete"] is True and stored["n_done"] == 3 and stored["n_errors"] == 0
+    assert stored["speed"]["n_timed"] == 2  # the warm-up sample is excluded
+    chair = stored["metrics"]["chair"]
+    assert chair["n_captions"] == 3 and chair["CHAIRs"] == chair["n_hallucinated_captions"] / 3
+    assert chair["config"]["dialect"] == "opera" and chair["config"]["gt_cache"]["sha256"]
+    assert stored["config"]["generation"]["max_new_tokens"] == 6
+    assert stored["versions"]["torch"] and stored["versions"]["transformers"]
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "complete"
+
+
+def test_same_command_resumes_same_directory(tmp_path: Path) -> None:
+    first = run(_cfg(tmp_path, "runtime.limit=2"))
+    again = run(_cfg(tmp_path, "runtime.limit=3"))
+    assert again["run_dir"] == first["run_dir"]
+    assert again["run"]["n_generated_now"] == 1 and again["run"]["n_already_done"] == 2
+    lines = (Path(again["run_dir"]) / "samples.jsonl").read_text().splitlines()
+    assert len(lines) == 3
+
+
+def test_outputs_change_the_directory_but_limit_and_paths_do_not(tmp_path: Path) -> None:
+    base = plan(_cfg(tmp_path))
+    assert plan(_cfg(tmp_path, "runtime.limit=1")).run_dir == base.run_dir
+    assert plan(_cfg(tmp_path, "runtime.seed=1")).run_dir != base.run_dir
+    assert plan(_cfg(tmp_path, "generation=beam")).run_dir != base.run_dir
+    assert plan(_cfg(tmp_path, "dataset.prompt=Describe.")).run_dir != base.run_dir
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["generation.max_new_tokens=-1"], "generation.max_new_tokens"),
+        (["generation=beam", "generation.num_beams=0"], "generation.num_beams"),
+        (["generation.top_p=0"], "generation.top_p"),
+        (["runtime.limit=0"], "runtime.limit"),
+        (["runtime.attn_backend=flash"], "runtime.attn_backend"),
+        (["model.prompt_template=no placeholders"], "model.prompt_template"),
+    ],
+)
+def test_out_of_range_values_name_their_key(tmp_path: Path, no_model_loading: None, overrides: list[str], key: str) -> None:
+    with pytest.raises(ConfigError, match=f"config `{key}`"):
+        plan(_cfg(tmp_path, *overrides))
+
+
+def test_missing_coco_root(tmp_path: Path, no_model_loading: None) -> None:
+    cfg = compose([results_override(tmp_path), "dataset=coco", f"paths.coco_root={tmp_path}/nowhere"])
+    with pytest.raises(ConfigError, match=r"config `dataset.image_dir`.*paths.coco_root"):
+        plan(cfg)
+
+
+def test_missing_image_id_list(tmp_path: Path, no_model_loading: None) -> None:
+    (tmp_path / "val2014").mkdir()
+    cfg = compose(
+        [results_override(tmp_path), "dataset=coco", f"paths.coco_root={tmp_path}", f"dataset.image_ids_file={tmp_path}/ids.txt"]
+    )
+    with pytest.raises(ConfigError, match=r"config `dataset.image_ids_file`.*not found"):
+        plan(cfg)
+
+
+def test_model_directory_that_is_not_llava(tmp_path: Path, no_model_loading: None) -> None:
+    bad = tmp_path / "bert"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    cfg = compose([results_override(tmp_path), "model=llava-1.5-7b", f"model.path={bad}"])
+    with pytest.raises(ConfigError, match=r"config `model.path`.*'bert' checkpoint, not 'llava'"):
+        plan(cfg)
+    cfg = compose([results_override(tmp_path), "model=llava-1.5-7b", f"model.path={tmp_path}/absent"])
+    with pytest.raises(ConfigError, match=r"config `model.path`.*does not exist"):
+        plan(cfg)
+
+
+def test_checkpoint_without_weights(tmp_path: Path, no_model_loading: None) -> None:
+    ckpt = tmp_path / "llava"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text(json.dumps({"model_type": "llava"}))
+    cfg = compose([results_override(tmp_path), "model=llava-1.5-7b", f"model.path={ckpt}"])
+    with pytest.raises(ConfigError, match="no weight files"):
+        plan(cfg)
+
+
+def test_corrupt_and_missing_images_are_recorded_and_the_run_continues(tmp_path: Path) -> None:
+    # Break two of the demo images in a private copy of the demo data.
+    cfg = _cfg(tmp_path, "runtime.limit=4", f"paths.demo_dir={tmp_path}/demo")
+    p = plan(cfg)
+    samples = p.dataset.samples()[:4]
+    samples[1].image_path.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    samples[2].image_path.unlink()
+    res = run(cfg)
+    assert res["n_done"] == 4 and res["n_errors"] == 2
+    assert "corrupt or unreadable image" in res["errors"][samples[1].sample_id]
+    assert "image file missing" in res["errors"][samples[2].sample_id]
+    lines = [json.loads(x) for x in (Path(res["run_dir"]) / "samples.jsonl").read_text().splitlines()]
+    assert [x["error"] is None for x in lines] == [True, False, False, True]
+    assert res["metrics"]["n_scored"] == 2 and res["metrics"]["n_errors"] == 2
+
+
+def test_cli_single_run_and_config_error(tmp_path: Path) -> None:
+    ok = run_cli([*FAST, results_override(tmp_path), "runtime.limit=2"])
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "| tiny | demo | vanilla |" in ok.stdout
+    bad = run_cli([*FAST, results_override(tmp_path), "generation.max_new_tokens=-3"])
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1] == (
+        "vh_bench: error: config `generation.max_new_tokens`: must be >= 1, got -3"
+    )
