@@ -169,8 +169,12 @@ def _select_samples(p: Plan) -> list[Sample]:
     return samples
 
 
-def _sample_line(sample: Sample, gen_out: Any, *, device: str, warmup: bool, error: str | None) -> dict[str, Any]:
+def _sample_line(
+    sample: Sample, gen_out: Any, *, device: str, warmup: bool, error: str | None, speed_env: dict[str, Any] | None = None
+) -> dict[str, Any]:
     row: dict[str, Any] = {**sample.meta, "sample_id": sample.sample_id, "error": error, "warmup": warmup, "device": device}
+    if speed_env is not None:
+        row["speed_env"] = speed_env
     if gen_out is None:
         row.update(text="", token_ids=[], n_new_tokens=0, t_prefill_s=0.0, t_decode_s=0.0)
     else:
@@ -184,6 +188,22 @@ def _sample_line(sample: Sample, gen_out: Any, *, device: str, warmup: bool, err
         if gen_out.extras:
             row["extras"] = gen_out.extras
     return row
+
+
+def timing_environment(device: str, dtype: str, attn_backend: str) -> dict[str, Any]:
+    """What a sample's timings depend on besides the method (metrics.md §5). Written on every line:
+    a run resumed under a different one mixes timings that do not belong together."""
+    desc = device_description(device)
+    versions = library_versions()
+    return {
+        "device": desc.get("gpu") or f"{device}:{desc['cpu']}",
+        "dtype": dtype,
+        "attn_backend": attn_backend,
+        "torch_threads": desc["torch_threads"],
+        "batch_size": 1,
+        "torch": versions.get("torch"),
+        "transformers": versions.get("transformers"),
+    }
 
 
 def _peak_memory(device: str) -> dict[str, Any]:
@@ -222,6 +242,7 @@ def generate_samples(p: Plan, store: RunStore, samples: list[Sample]) -> dict[st
         facts["weights_bytes"] = torch.cuda.memory_allocated()
     shard = f"{p.shard_index}-of-{p.shard_count}" if p.shard_count > 1 else ""
     warmup_left = int(rt.warmup_samples)
+    speed_env = timing_environment(p.device, p.dtype, str(rt.attn_backend))
     with store.open_samples(shard) as writer:
         bar = tqdm(todo, desc=f"{p.method.name} on {p.dataset.name}", unit="sample", disable=not rt.progress, file=sys.stderr)
         for sample in bar:
@@ -244,7 +265,7 @@ def generate_samples(p: Plan, store: RunStore, samples: list[Sample]) -> dict[st
                 warmup_left -= 1
                 if p.device.startswith("cuda"):
                     torch.cuda.reset_peak_memory_stats()
-            writer.write(_sample_line(sample, out, device=p.device, warmup=warm, error=error))
+            writer.write(_sample_line(sample, out, device=p.device, warmup=warm, error=error, speed_env=speed_env))
     facts["memory"] = _peak_memory(p.device)
     return facts
 
@@ -253,7 +274,7 @@ def score(p: Plan, store: RunStore, samples: list[Sample], facts: dict[str, Any]
     wanted = {s.sample_id for s in samples}
     rows = [r for r in store.rows() if r["sample_id"] in wanted]
     complete = len(rows) == len(wanted)
-    metrics = p.dataset.score(rows) if rows else {}
+    metrics = p.dataset.score(rows, selected=wanted) if rows else {}
     cfg = p.cfg
     results = {
         "fingerprint": p.fingerprint,

@@ -6,6 +6,7 @@ per-sample output lines of a run (scoring imports no torch: design.md's one-way 
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, Protocol, runtime_checkable
 
 from vh_bench.records import Sample
@@ -22,8 +23,9 @@ class Dataset(Protocol):
     def samples(self) -> list[Sample]:
         """All samples, in a fixed order; their ids must be unique."""
 
-    def score(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        """Task metrics from the run's sample lines (one dict per sample, see runner)."""
+    def score(self, rows: list[dict[str, Any]], selected: Collection[str] | None = None) -> dict[str, Any]:
+        """Task metrics from the run's sample lines (one dict per sample, see runner); `selected`
+        is the set of sample ids the run asked for (e.g. the first N under runtime.limit)."""
 
     def identity(self) -> dict[str, Any]:
         """What selects the samples and prompts (enters the run fingerprint; no local paths)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,8 @@ class CocoCaptions:
         ids = self.image_ids()
         return {**self.identity(), "image_dir": self.image_dir, "image_ids_file": self.image_ids_file, "n_images": len(ids)}
 
-    def score(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def score(self, rows: list[dict[str, Any]], selected: Collection[str] | None = None) -> dict[str, Any]:
+        # Captioning scores exactly the rows it is given (the runner already applied its selection).
         from vh_bench.metrics.chair import load_ground_truth
 
         dialect = self.chair.get("dialect", "opera")

@@ -14,6 +14,7 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,7 +165,8 @@ class DemoCaptions:
     def provenance(self) -> dict[str, Any]:
         return {**self.identity(), "data_dir": str(self.data_dir)}
 
-    def score(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def score(self, rows: list[dict[str, Any]], selected: Collection[str] | None = None) -> dict[str, Any]:
+        # Captioning scores exactly the rows it is given (the runner already applied its selection).
         from vh_bench.metrics.chair import load_ground_truth
 
         dialect = self.chair.get("dialect", "opera")
@@ -178,3 +180,23 @@ class DemoCaptions:
             opope=self.opope,
             seed=self.seed,
         )
+
+
+def demo_pope(
+    root: str,
+    num_images: int = 12,
+    image_size: int = 336,
+    seed: int = 0,
+    **pope_kwargs: Any,
+):
+    """`dataset=demo_pope`: POPE questions generated (metrics.md §4.2 rules) from the demo scenes."""
+    from vh_bench.data.pope import PopeDataset
+
+    data_dir = generate_demo(Path(root), num_images=num_images, image_size=image_size, seed=seed)
+    return PopeDataset(
+        name="demo_pope",
+        source="demo",
+        annotations=str(data_dir / "annotations" / "instances_demo.json"),
+        image_dir=str(data_dir / "images"),
+        **pope_kwargs,
+    )
