@@ -10,7 +10,9 @@ from vh_bench.models.llava import LlavaAdapter
 from vh_bench.models.tiny import TinySpec, build_tiny_llava
 from vh_bench.paths import cache_dir
 
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+# One thread: the tiny models gain nothing from more, and on a shared 2-core machine extra threads
+# spin and slow every test by an order of magnitude.
+torch.set_num_threads(1)
 
 
 def tiny_checkpoint(**overrides) -> str:
@@ -31,7 +33,19 @@ def tiny_adapter_336() -> LlavaAdapter:
 
 @pytest.fixture(scope="session")
 def tiny_adapter_eager() -> LlavaAdapter:
-    """Same weights as `tiny_adapter`, eager attention in the language model (reference runs)."""
+    """Same weights as `tiny_adapter`, transformers' own eager attention, no vh_attn (reference runs)."""
+    return LlavaAdapter.load(tiny_checkpoint(), attn_implementation="eager", stock_attention=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter_sdpa_stock() -> LlavaAdapter:
+    """Same weights, transformers' own sdpa attention, no vh_attn (reference for the plain path)."""
+    return LlavaAdapter.load(tiny_checkpoint(), attn_implementation="sdpa", stock_attention=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter_explicit() -> LlavaAdapter:
+    """Same weights, vh_attn with `runtime.attn_backend=eager`: the plain path is the explicit path."""
     return LlavaAdapter.load(tiny_checkpoint(), attn_implementation="eager")
 
 

@@ -35,6 +35,8 @@ class DecodeResult:
     token_ids: list[int]
     t_prefill_s: float
     t_decode_s: float
+    # Beam search only: every finished hypothesis, best first (tests replay them, methods.md §8.1).
+    hypotheses: list[list[int]] | None = None
 
     @property
     def n_new_tokens(self) -> int:
@@ -167,4 +169,5 @@ def _beam_search(stepper: Stepper, gen: GenConfig, eos: int, timer: SampleTimer)
         stepper.reorder(beam_idx)
         z = stepper.step(next_tok)
     timer.stop()
-    return DecodeResult(fin_tokens[0], timer.prefill_s, timer.decode_s)
+    hyps = [list(t) for t, done in zip(fin_tokens, fin_done.tolist()) if done]
+    return DecodeResult(fin_tokens[0], timer.prefill_s, timer.decode_s, hypotheses=hyps)

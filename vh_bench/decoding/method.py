@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from vh_bench.decoding import attention
 from vh_bench.decoding.loop import DecodeResult, Stepper, decode
 from vh_bench.decoding.seeding import SampleSeeds
 from vh_bench.decoding.timing import SampleTimer
@@ -53,9 +54,12 @@ class Method:
         with torch.inference_mode():
             stepper = self.stepper(adapter, inputs, seeds)
             generator = seeds.torch_generator("sample") if gen.strategy == "sample" else None
-            res: DecodeResult = decode(
-                stepper, gen, adapter.eos_token_id, generator=generator, timer=SampleTimer(adapter.device)
-            )
+            # A stepper with a `controller` gets it installed for this generation only; without one
+            # the attention runs plain everywhere. Restored even if decoding raises (§1.6).
+            with attention.control(adapter, getattr(stepper, "controller", None)):
+                res: DecodeResult = decode(
+                    stepper, gen, adapter.eos_token_id, generator=generator, timer=SampleTimer(adapter.device)
+                )
         return Generation(
             token_ids=res.token_ids,
             text=adapter.decode_text(res.token_ids),

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from vh_bench.decoding import attention
 from vh_bench.errors import ConfigError
 from vh_bench.models import templates
 
@@ -69,7 +70,15 @@ def check_checkpoint(path_or_id: str) -> None:
 class LlavaAdapter:
     """Hugging Face `LlavaForConditionalGeneration` + `LlavaProcessor`, batch-1, no padding."""
 
-    def __init__(self, model: Any, processor: Any, *, prompt_template: str = "hf", name: str = "llava") -> None:
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        *,
+        prompt_template: str = "hf",
+        name: str = "llava",
+        attn_backend: str | None = None,
+    ) -> None:
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
@@ -92,6 +101,15 @@ class LlavaAdapter:
         self.vision_tower = inner.vision_tower
         self.projector = inner.multi_modal_projector
         self.lm_head = model.lm_head
+        # The harness's attention layer (methods.md §1.6). A stock reference model (tests) has no
+        # attention state, and its backend is transformers' own implementation name.
+        text_attn = cfg.text_config._attn_implementation
+        self.attention_state: attention.AttentionState | None = None
+        self.attn_backend: str = text_attn
+        if text_attn == attention.ATTN_NAME:
+            # Another adapter over the same model object shares its state (None: keep its backend).
+            self.attention_state = attention.attach(self.attention_modules(), attn_backend)
+            self.attn_backend = self.attention_state.backend
 
     # ---- loading -------------------------------------------------------------------------
     @classmethod
@@ -104,26 +122,38 @@ class LlavaAdapter:
         attn_implementation: str = "sdpa",
         prompt_template: str = "hf",
         name: str = "llava",
+        stock_attention: bool = False,
     ) -> "LlavaAdapter":
+        """Load a checkpoint. `attn_implementation` is the plain-path kernel (`runtime.attn_backend`).
+
+        The language model always runs `vh_attn` (every method, vanilla included, so speed differences
+        come from the methods, not kernels); `stock_attention=True` instead gives transformers' own
+        `attn_implementation` with no attention control, for reference runs in tests only.
+        """
         from transformers import AutoProcessor, LlavaForConditionalGeneration
 
         if dtype not in DTYPES:
             raise ConfigError("runtime.dtype", f"{dtype!r} is not one of {sorted(DTYPES)}")
+        if attn_implementation not in attention.BACKENDS:
+            raise ConfigError(
+                "runtime.attn_backend", f"{attn_implementation!r} is not one of {', '.join(attention.BACKENDS)}"
+            )
         check_checkpoint(path)
         templates.resolve_template(prompt_template)
         processor = AutoProcessor.from_pretrained(path, trust_remote_code=False)
         # Dict form: only the language model gets the harness's attention; the vision tower keeps
         # sdpa (its attention modules have no layer_idx). methods.md §1.6.
+        text_attn = attn_implementation if stock_attention else attention.ATTN_NAME
         model = LlavaForConditionalGeneration.from_pretrained(
             path,
             dtype=DTYPES[dtype],
-            attn_implementation={"text_config": attn_implementation, "vision_config": "sdpa"},
+            attn_implementation={"text_config": text_attn, "vision_config": "sdpa"},
             trust_remote_code=False,
             tp_plan=None,  # torchrun shards data, never the model
         )
         model.to(device).eval()
         model.requires_grad_(False)
-        return cls(model, processor, prompt_template=prompt_template, name=name)
+        return cls(model, processor, prompt_template=prompt_template, name=name, attn_backend=attn_implementation)
 
     @property
     def device(self) -> torch.device:
@@ -144,6 +174,23 @@ class LlavaAdapter:
     @property
     def embed_tokens(self) -> torch.nn.Module:
         return self.language_model.embed_tokens
+
+    @property
+    def attn_setting(self) -> str:
+        """The attention setting recorded with every result (methods.md §1.8)."""
+        text = self.config.text_config._attn_implementation
+        vision = self.config.vision_config._attn_implementation
+        if self.attention_state is not None:
+            text = f"{text}({self.attn_backend})"
+        return f"text={text},vision={vision}"
+
+    def attention_modules(self) -> list[torch.nn.Module]:
+        """The language model's self-attention modules (the ones `vh_attn` serves)."""
+        return [layer.self_attn for layer in self.layers]
+
+    def register_layer_pre_hook(self, layer_idx: int, hook: Any) -> Any:
+        """A `forward_pre_hook(module, args, kwargs)` on decoder layer `layer_idx`; returns its handle."""
+        return self.layers[layer_idx].register_forward_pre_hook(hook, with_kwargs=True)
 
     # ---- inputs --------------------------------------------------------------------------
     def render_prompt(self, prompt: str) -> str:
