@@ -1,0 +1,272 @@
+"""VASparse (CVPR 2025, arXiv 2501.06553), the paper's equations (methods.md §6).
+
+Three switchable components (Table 4 ablations):
+  * VATS (eq. (4)–(5)): per decode step, layer, row and head, keep the top-S candidate keys by
+    δ = s² + λ·P and merge the dropped ones into DPC-kNN virtual keys (`methods.vasparse_attention`);
+  * SVCD (eq. (6)): z = (1+α)·l_θ − α·l_φ with a plausibility cutoff, l_φ from a cheap visually
+    sparse early-exit stream (`methods.vasparse_svcd`);
+  * SAP (eq. (7)): decode scores s·(1+β−β·w), w = softmax of the attention each key has received.
+The authors' released code implements neither VATS nor SAP (§6.6); this is the paper, not the code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+
+from methods.vasparse_attention import Layout, VASparseLayer, VASparseState, VATSParams
+from methods.vasparse_select import NORMALIZE, SCOPES
+from methods.vasparse_svcd import EmbeddingContrast, SparseContrastBranch, draw_image_mask
+from vh_bench.decoding.attention import AttentionController
+from vh_bench.decoding.branch import Branch
+from vh_bench.decoding.contrast import contrast_scores
+from vh_bench.decoding.method import Method
+from vh_bench.decoding.seeding import SampleSeeds
+from vh_bench.errors import ConfigError
+from vh_bench.models.llava import LlavaAdapter, ModelInputs
+from vh_bench.records import GenConfig
+
+MERGES = ("dpc_knn", "none")
+
+
+@dataclass
+class VATSConfig:
+    enabled: bool = True
+    scope: str = "generated"
+    layers: Any = "all"  # "all" or a list of layer indices (negatives count from the end)
+    normalize: str = "sum"
+    merge: str = "dpc_knn"
+    cluster_ratio: float = 0.5
+    knn_k: int = 5
+    saliency_layer: int = -1
+
+
+@dataclass
+class SVCDConfig:
+    enabled: bool = True
+    mask_ratio: float = 0.5
+    stop_layer: int = 0
+    final_norm: bool = True
+    plausibility: float = 0.1
+
+
+@dataclass
+class SAPConfig:
+    enabled: bool = True
+    layers: Any = "all"
+
+
+def _block(cls: type, value: Any, key: str) -> Any:
+    """A config block (dict from Hydra, or the dataclass itself) → its dataclass; unknown keys fail."""
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(key, f"must be a mapping, got {type(value).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ConfigError(f"{key}.{unknown[0]}", "is not a VASparse key", f"known: {', '.join(sorted(known))}")
+    return cls(**value)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_layers(value: Any, key: str) -> None:
+    if value == "all":
+        return
+    if not isinstance(value, (list, tuple)) or not value or not all(_is_int(v) for v in value):
+        raise ConfigError(key, f"must be 'all' or a non-empty list of layer indices, got {value!r}")
+
+
+def resolve_layers(value: Any, n_layers: int, key: str) -> list[int]:
+    if value == "all":
+        return list(range(n_layers))
+    out = []
+    for v in value:
+        idx = v + n_layers if v < 0 else v
+        if not 0 <= idx < n_layers:
+            raise ConfigError(key, f"layer {v} is out of range for a model with {n_layers} decoder layers")
+        out.append(idx)
+    return sorted(set(out))
+
+
+class VASparseStepper:
+    """Main branch under the attention controller + the SVCD contrast stream."""
+
+    def __init__(self, adapter: LlavaAdapter, inputs: ModelInputs, seeds: SampleSeeds, method: "VASparse") -> None:
+        self.adapter = adapter
+        self.inputs = inputs
+        self.method = method
+        n = adapter.n_layers
+        vats, sap, svcd = method.vats, method.sap, method.svcd
+        self.controller = AttentionController(n)
+        self.state = VASparseState(
+            Layout(inputs.length, inputs.image_start, inputs.n_image_tokens), record=method.record_extras
+        )
+        self.controller.add_row_state(self.state)
+        vats_layers = set(resolve_layers(vats.layers, n, "method.vats.layers")) if vats.enabled else set()
+        sap_layers = set(resolve_layers(sap.layers, n, "method.sap.layers")) if sap.enabled else set()
+        saliency_layer = None
+        if vats.enabled and method.lam != 0:  # P is only needed when λ weighs it
+            saliency_layer = resolve_layers([vats.saliency_layer], n, "method.vats.saliency_layer")[0]
+        params = VATSParams(
+            method.lam, method.sparsity, vats.scope, vats.normalize, vats.merge, vats.cluster_ratio, vats.knn_k
+        )
+        self.handlers: dict[int, VASparseLayer] = {}
+        saliency_layers = {saliency_layer} if saliency_layer is not None else set()
+        for layer in sorted(vats_layers | sap_layers | saliency_layers):
+            self.handlers[layer] = self.controller.add_handler(
+                layer,
+                VASparseLayer(
+                    self.state,
+                    vats=params if layer in vats_layers else None,
+                    sap_beta=float(method.beta) if layer in sap_layers else None,
+                    saliency=layer == saliency_layer,
+                ),
+            )
+        if svcd.enabled and svcd.stop_layer > n:
+            raise ConfigError("method.svcd.stop_layer", f"{svcd.stop_layer} exceeds the model's {n} decoder layers")
+        self.seeds = seeds
+        self.image_mask: torch.Tensor | None = None
+        self.main: Branch | None = None
+        self.contrast: EmbeddingContrast | SparseContrastBranch | None = None
+        self.last_logits: torch.Tensor | None = None
+
+    def _combine(self, l_main: torch.Tensor, l_contrast: torch.Tensor | None) -> torch.Tensor:
+        self.last_logits = l_main
+        if l_contrast is None:
+            return l_main
+        return contrast_scores(l_main, l_contrast, self.method.alpha, self.method.svcd.plausibility)
+
+    def _contrast(self, run) -> torch.Tensor | None:
+        if self.contrast is None:
+            return None
+        self.controller.mode = "branch"  # plain attention: no VATS, no SAP, no recording
+        try:
+            return run(self.contrast)
+        finally:
+            self.controller.mode = "decode"
+
+    def prefill(self) -> torch.Tensor:
+        svcd = self.method.svcd
+        embeds = None
+        if svcd.enabled:  # drawn here so that it is timed with the rest of the method (§1.8)
+            self.image_mask = draw_image_mask(self.inputs, svcd.mask_ratio, self.seeds.torch_generator("svcd_mask"))
+        if svcd.enabled and svcd.stop_layer > 0:
+            # Both streams read the same projected image features (methods.md §1.5).
+            embeds = self.adapter.build_inputs_embeds(self.inputs)
+            self.main = Branch(self.adapter, self.inputs, inputs_embeds=embeds)
+            self.contrast = SparseContrastBranch(
+                self.adapter, self.inputs, self.image_mask, stop_layer=svcd.stop_layer, final_norm=svcd.final_norm
+            )
+        else:
+            self.main = Branch(self.adapter, self.inputs)
+            if svcd.enabled:
+                self.contrast = EmbeddingContrast(self.adapter, self.inputs, final_norm=svcd.final_norm)
+        self.controller.mode = "prefill"
+        try:
+            l_main = self.main.prefill()
+        finally:
+            self.controller.mode = "decode"
+        return self._combine(l_main, self._contrast(lambda c: c.prefill(embeds)))
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.controller.mode = "decode"
+        l_main = self.main.step(tokens)
+        return self._combine(l_main, self._contrast(lambda c: c.step(tokens)))
+
+    def expand(self, n: int) -> None:
+        self.main.expand(n)
+        if self.contrast is not None:
+            self.contrast.expand(n)
+        self.controller.expand(n)
+
+    def reorder(self, beam_idx: torch.Tensor) -> None:
+        self.main.reorder(beam_idx)
+        if self.contrast is not None:
+            self.contrast.reorder(beam_idx)
+        self.controller.reorder(beam_idx)
+
+
+@dataclass
+class VASparse(Method):
+    """Keys of methods.md §9: `lam`, `alpha`, `beta`, `sparsity` on top; blocks `vats`, `svcd`, `sap`.
+
+    `record_extras` (default false) adds per-sample diagnostics to the sample line (mean fraction of
+    keys kept per VATS call, mean SAP sink weight, masked image tokens); it changes no output and is
+    therefore not part of the fingerprint.
+    """
+
+    lam: float = 0.1
+    alpha: float = 0.1
+    beta: float = 0.1
+    sparsity: float = 0.9
+    vats: VATSConfig = field(default_factory=VATSConfig)
+    svcd: SVCDConfig = field(default_factory=SVCDConfig)
+    sap: SAPConfig = field(default_factory=SAPConfig)
+    record_extras: bool = False
+    name = "vasparse"
+
+    def __post_init__(self) -> None:
+        self.vats = _block(VATSConfig, self.vats, "method.vats")
+        self.svcd = _block(SVCDConfig, self.svcd, "method.svcd")
+        self.sap = _block(SAPConfig, self.sap, "method.sap")
+
+    def hyperparameters(self) -> dict[str, Any]:
+        hp = {k: getattr(self, k) for k in ("lam", "alpha", "beta", "sparsity")}
+        for block in ("vats", "svcd", "sap"):
+            hp[block] = asdict(getattr(self, block))
+        return hp
+
+    def check(self, gen: GenConfig) -> None:
+        super().check(gen)
+        for key in ("lam", "alpha", "beta"):
+            if not _number(getattr(self, key)) or getattr(self, key) < 0:
+                raise ConfigError(f"method.{key}", f"must be a number >= 0, got {getattr(self, key)!r}")
+        if not _number(self.sparsity) or not 0 < self.sparsity <= 1:
+            raise ConfigError("method.sparsity", f"must be in (0, 1] (1 keeps every key), got {self.sparsity!r}")
+        v, s, p = self.vats, self.svcd, self.sap
+        for key, value in (("vats.enabled", v.enabled), ("svcd.enabled", s.enabled), ("sap.enabled", p.enabled),
+                           ("svcd.final_norm", s.final_norm), ("record_extras", self.record_extras)):  # fmt: skip
+            if not isinstance(value, bool):
+                raise ConfigError(f"method.{key}", f"must be true or false, got {value!r}")
+        if v.scope not in SCOPES:
+            raise ConfigError("method.vats.scope", f"{v.scope!r} is not one of {', '.join(SCOPES)}")
+        if v.normalize not in NORMALIZE:
+            raise ConfigError("method.vats.normalize", f"{v.normalize!r} is not one of {', '.join(NORMALIZE)}")
+        if v.merge not in MERGES:
+            raise ConfigError("method.vats.merge", f"{v.merge!r} is not one of {', '.join(MERGES)}")
+        if not _number(v.cluster_ratio) or not 0 < v.cluster_ratio <= 1:
+            raise ConfigError("method.vats.cluster_ratio", f"must be in (0, 1], got {v.cluster_ratio!r}")
+        if not _is_int(v.knn_k) or v.knn_k < 1:
+            raise ConfigError("method.vats.knn_k", f"must be an integer >= 1, got {v.knn_k!r}")
+        if not _is_int(v.saliency_layer):
+            raise ConfigError("method.vats.saliency_layer", f"must be a layer index, got {v.saliency_layer!r}")
+        _check_layers(v.layers, "method.vats.layers")
+        _check_layers(p.layers, "method.sap.layers")
+        if not _number(s.mask_ratio) or not 0 <= s.mask_ratio <= 1:
+            raise ConfigError("method.svcd.mask_ratio", f"must be in [0, 1], got {s.mask_ratio!r}")
+        if not _is_int(s.stop_layer) or s.stop_layer < 0:
+            raise ConfigError("method.svcd.stop_layer", f"must be an integer >= 0, got {s.stop_layer!r}")
+        if not _number(s.plausibility) or not 0 <= s.plausibility <= 1:
+            raise ConfigError("method.svcd.plausibility", f"must be in [0, 1] (0 disables the cutoff), got {s.plausibility!r}")
+
+    def stepper(self, adapter: LlavaAdapter, inputs: ModelInputs, seeds: SampleSeeds) -> VASparseStepper:
+        return VASparseStepper(adapter, inputs, seeds, self)
+
+    def extras(self, stepper: Any) -> dict[str, Any]:
+        if not self.record_extras:
+            return {}
+        out: dict[str, Any] = stepper.state.extras()
+        if stepper.image_mask is not None:
+            out["svcd_n_masked"] = int(stepper.image_mask.numel())
+        return out
