@@ -17,6 +17,7 @@ FAST = (
     "runtime.dtype=float32",
     "runtime.progress=false",
     "generation.max_new_tokens=6",
+    "runtime.num_threads=1",
 )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import median
@@ -47,17 +48,31 @@ def speed_summary(timings: Sequence[Timing]) -> dict[str, Any]:
     }
 
 
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
 def speed_from_rows(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Speed over sample lines: errors and warm-up samples (`warmup: true`) are excluded."""
-    timed = [
-        Timing(int(r["n_new_tokens"]), float(r["t_prefill_s"]), float(r["t_decode_s"]))
-        for r in rows
-        if not r.get("error") and not r.get("warmup")
-    ]
+    """Speed over sample lines: errors and warm-up samples (`warmup: true`) are excluded.
+
+    `comparable` is false when the timed lines were taken on more than one device or timing
+    environment (`speed_env`: device, dtype, attention, threads, versions), e.g. a run resumed
+    elsewhere: their sums mix machines, so the aggregate describes neither.
+    """
+    timed_rows = [r for r in rows if not r.get("error") and not r.get("warmup")]
+    timed = [Timing(int(r["n_new_tokens"]), float(r["t_prefill_s"]), float(r["t_decode_s"])) for r in timed_rows]
     out = speed_summary(timed)
     out["n_warmup"] = sum(1 for r in rows if r.get("warmup") and not r.get("error"))
-    devices = sorted({str(r.get("device")) for r in rows if r.get("device")})
-    # A resumed run mixing devices or settings has timings that do not belong together.
-    out["comparable"] = len(devices) <= 1
+    devices = sorted({str(r.get("device")) for r in timed_rows if r.get("device")})
+    envs = {_canonical(r["speed_env"]): r["speed_env"] for r in timed_rows if r.get("speed_env") is not None}
+    reasons = []
+    if len(devices) > 1:
+        reasons.append(f"timed on {len(devices)} devices")
+    if len(envs) > 1:
+        differing = sorted({k for e in envs.values() for k in e if len({_canonical(x.get(k)) for x in envs.values()}) > 1})
+        reasons.append(f"timed under {len(envs)} settings (differ in {', '.join(differing)})")
+    out["comparable"] = not reasons
+    out["not_comparable_because"] = "; ".join(reasons) or None
     out["devices"] = devices
+    out["environments"] = [envs[k] for k in sorted(envs)]
     return out

@@ -1,0 +1,201 @@
+"""A grouped table (row headers × (group, metric) cells) and its markdown / CSV / LaTeX writers.
+
+The paper tables share this shape: methods as rows, one column group per model (VASparse Tables 1
+and 2), each cell the mean of one or more seeds. Cells keep their raw values so a writer can print
+`mean ± std` (markdown, LaTeX) or separate mean and std columns (CSV, for machines).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from statistics import mean, stdev
+
+FORMATS = ("md", "csv", "latex")
+LATEX_FLAGS = {"†": r"$^\dagger$"}
+EXTENSIONS = {"md": "md", "csv": "csv", "latex": "tex"}
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    md: str  # header in markdown / CSV
+    latex: str  # header in LaTeX (math allowed)
+    decimals: int = 1
+    ratio: bool = False  # a derived ratio: printed as ×1.23, no seed spread of its own
+
+
+@dataclass
+class Cell:
+    values: list[float]
+    flag: str = ""  # footnote mark, e.g. "†" for timings that are not comparable
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return mean(self.values)
+
+    @property
+    def std(self) -> float | None:
+        # Sample standard deviation (n − 1): the spread across seeds, not of the mean.
+        return stdev(self.values) if self.n > 1 else None
+
+
+@dataclass
+class GroupedTable:
+    title: str
+    row_headers: tuple[str, ...]
+    rows: list[tuple[str, ...]]
+    columns: list[tuple[str, Metric]]  # (group, metric) in display order
+    cells: dict[tuple[tuple[str, ...], str, str], Cell] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def groups(self) -> list[str]:
+        seen: list[str] = []
+        for g, _ in self.columns:
+            if g not in seen:
+                seen.append(g)
+        return seen
+
+    @property
+    def empty(self) -> bool:
+        return not self.rows or not self.columns
+
+    def cell(self, row: tuple[str, ...], group: str, metric: str) -> Cell | None:
+        return self.cells.get((row, group, metric))
+
+    @property
+    def max_seeds(self) -> int:
+        return max((c.n for c in self.cells.values()), default=0)
+
+    def render(self, fmt: str) -> str:
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
+        if self.empty:
+            return "(no results)"
+        return {"md": self._markdown, "csv": self._csv, "latex": self._latex}[fmt]()
+
+    # ---- writers -------------------------------------------------------------------------
+    def _text(self, row: tuple[str, ...], group: str, m: Metric, latex: bool = False) -> str:
+        c = self.cell(row, group, m.key)
+        if c is None or not c.values:
+            return "–" if not latex else "--"
+        text = _num(c.mean, m.decimals)
+        if m.ratio:
+            text = (r"$\times$" if latex else "×") + text
+        if c.std is not None:
+            pm = r" $\pm$ " if latex else " ± "
+            text += f"{pm}{_num(c.std, m.decimals)}"
+        if c.flag:
+            text += LATEX_FLAGS.get(c.flag, f"$^{{{c.flag}}}$") if latex else c.flag
+        return text
+
+    def _header_name(self, group: str, m: Metric) -> str:
+        return m.md if len(self.groups) == 1 else f"{group} {m.md}"
+
+    def _markdown(self) -> str:
+        head = list(self.row_headers) + [self._header_name(g, m) for g, m in self.columns]
+        lines = [f"**{self.title}**", "", "| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+        for row in self.rows:
+            vals = list(row) + [self._text(row, g, m) for g, m in self.columns]
+            lines.append("| " + " | ".join(_md_escape(v) for v in vals) + " |")
+        if self.max_seeds > 1:
+            lines += ["", "Cells with several seeds: mean ± sample std over seeds."]
+        lines += [""] + self.notes if self.notes else []
+        return "\n".join(lines)
+
+    def _csv(self) -> str:
+        with_std = self.max_seeds > 1
+        head = list(self.row_headers)
+        for g, m in self.columns:
+            name = f"{g}/{m.key}"
+            head.append(name)
+            if with_std and not m.ratio:
+                head += [f"{name}_std", f"{name}_n"]
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(head)
+        for row in self.rows:
+            out: list[object] = list(row)
+            for g, m in self.columns:
+                c = self.cell(row, g, m.key)
+                out.append("" if c is None else _csv_num(c.mean))
+                if with_std and not m.ratio:
+                    out.append("" if c is None or c.std is None else _csv_num(c.std))
+                    out.append("" if c is None else c.n)
+            w.writerow(out)
+        return buf.getvalue().rstrip("\n")
+
+    def _latex(self) -> str:
+        n_rh = len(self.row_headers)
+        spec = "l" * n_rh + "".join("c" for _ in self.columns)
+        lines = [
+            "% " + self.title,
+            r"\begin{tabular}{" + spec + "}",
+            r"\toprule",
+        ]
+        # Group header with \multicolumn and \cmidrule, as in VASparse Tables 1–2.
+        spans: list[tuple[str, int]] = []
+        for g, _ in self.columns:
+            if spans and spans[-1][0] == g:
+                spans[-1] = (g, spans[-1][1] + 1)
+            else:
+                spans.append((g, 1))
+        top = [""] * n_rh + [rf"\multicolumn{{{k}}}{{c}}{{{latex_escape(g)}}}" for g, k in spans]
+        lines.append(" & ".join(top) + r" \\")
+        rules, col = [], n_rh + 1
+        for _, k in spans:
+            rules.append(rf"\cmidrule(lr){{{col}-{col + k - 1}}}")
+            col += k
+        lines.append(" ".join(rules))
+        second = [latex_escape(h) for h in self.row_headers] + [m.latex for _, m in self.columns]
+        lines.append(" & ".join(second) + r" \\")
+        lines.append(r"\midrule")
+        for row in self.rows:
+            vals = [latex_escape(v) for v in row] + [self._text(row, g, m, latex=True) for g, m in self.columns]
+            lines.append(" & ".join(vals) + r" \\")
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        if self.max_seeds > 1:
+            lines.append(r"% cells with several seeds: mean $\pm$ sample std over seeds")
+        lines += ["% " + n.replace("†", "dagger:") for n in self.notes]
+        return "\n".join(lines)
+
+
+def _csv_num(x: float) -> str:
+    # Full precision for machines, without float noise such as 55.00000000000001.
+    return repr(round(x, 9))
+
+
+def _num(x: float, decimals: int) -> str:
+    if math.isnan(x):
+        return "nan"
+    return f"{x:.{decimals}f}"
+
+
+def _md_escape(text: str) -> str:
+    return str(text).replace("|", r"\|")
+
+
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+}  # fmt: skip
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+
+
+def simple_markdown(head: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain markdown table (pandas' to_markdown needs `tabulate`, an extra dependency)."""
+    lines = ["| " + " | ".join(str(h) for h in head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(_md_escape("" if v is None else str(v)) for v in r) + " |")
+    return "\n".join(lines)
