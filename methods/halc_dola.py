@@ -1,0 +1,125 @@
+"""HALC's base decoder: DoLa with dynamic premature-layer selection (methods.md §7.1).
+
+Mature logits are the model's own (final layer after the final norm). Premature candidates are
+entries of the `output_hidden_states` tuple (0 = embeddings, i = output of layer i−1), projected by
+`lm_head` without the final norm unless `norm_premature`. All arithmetic is fp32.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from vh_bench.errors import ConfigError
+
+
+@dataclass
+class DolaConfig:
+    """`method.dola.*`: premature candidates, plausibility cutoff, premature normalisation."""
+
+    premature_layers: str | list[int] = "even"
+    relative_top: float = 0.1
+    norm_premature: bool = False
+
+    def check(self) -> None:
+        pl = self.premature_layers
+        if isinstance(pl, str):
+            if pl != "even":
+                raise ConfigError("method.dola.premature_layers", f"{pl!r} is not 'even' or a list of layer indices")
+        elif not pl or not all(isinstance(i, int) and not isinstance(i, bool) for i in pl):
+            raise ConfigError("method.dola.premature_layers", f"{pl!r} must be 'even' or a non-empty list of ints")
+        if not 0.0 <= float(self.relative_top) <= 1.0:
+            raise ConfigError("method.dola.relative_top", f"must be in [0, 1] (0 disables), got {self.relative_top}")
+
+
+def premature_indices(spec: str | Sequence[int], n_layers: int) -> list[int]:
+    """Indices into the hidden-states tuple (length n_layers+1). `even` = {0, 2, …, n_layers−2}.
+
+    An explicit list may use negative indices counted from the end of that tuple (−1 = the final,
+    normed hidden state, i.e. the mature layer itself)."""
+    if isinstance(spec, str):
+        return list(range(0, n_layers - 1, 2))
+    out = []
+    for i in spec:
+        j = i + n_layers + 1 if i < 0 else i
+        if not 0 <= j <= n_layers:
+            raise ConfigError(
+                "method.dola.premature_layers", f"index {i} is outside the {n_layers + 1} hidden states of this model"
+            )
+        out.append(j)
+    return out
+
+
+def code_jsd_to_mature(mature: torch.Tensor, premature: torch.Tensor) -> torch.Tensor:
+    """DoLa code's layer distance: 0.5·(KL(M‖p_M) + KL(M‖p_j)) / V with M = (p_M + p_j)/2 (§7.1).
+
+    mature: (V,) logits; premature: (k, V) logits → (k,) fp32."""
+    lp_m = torch.log_softmax(mature.float(), dim=-1)
+    lp_j = torch.log_softmax(premature.float(), dim=-1)
+    mix = 0.5 * (lp_m.exp()[None, :] + lp_j.exp())
+    m_log_m = torch.xlogy(mix, mix)  # 0·log 0 = 0, as F.kl_div does
+    kl_m = (m_log_m - mix * lp_m[None, :]).mean(dim=-1)
+    kl_j = (m_log_m - mix * lp_j).mean(dim=-1)
+    return 0.5 * (kl_m + kl_j)
+
+
+def relative_top_filter(logits: torch.Tensor, relative_top: float) -> torch.Tensor:
+    """log_softmax with −inf below log p_max + log(relative_top) (DoLa's plausibility cutoff)."""
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    if relative_top <= 0.0:
+        return lp
+    thresh = lp.max(dim=-1, keepdim=True).values + math.log(relative_top)
+    return lp.masked_fill(lp < thresh, float("-inf"))
+
+
+@dataclass
+class DolaStep:
+    scores: torch.Tensor  # (V,) final − base, −inf outside the plausible set
+    premature_index: int  # chosen entry of the hidden-states tuple
+
+
+def dola_scores(
+    mature: torch.Tensor, premature: torch.Tensor, layer_ids: Sequence[int], relative_top: float
+) -> DolaStep:
+    """§7.1: j* = argmax of the code's divergence (ties → lowest layer), scores = final − base."""
+    div = code_jsd_to_mature(mature, premature)
+    pick = int(torch.argmax(div).item())  # first maximum = lowest layer among ties
+    final = relative_top_filter(mature, relative_top)
+    base = torch.log_softmax(premature[pick].float(), dim=-1)
+    base = base.masked_fill(torch.isneginf(final), -1000.0)
+    return DolaStep(final - base, int(layer_ids[pick]))
+
+
+class DolaHead:
+    """Turns one forward's output (with hidden states) into DoLa scores for the last position."""
+
+    def __init__(self, adapter, premature: str | Sequence[int], relative_top: float, norm_premature: bool) -> None:
+        self.adapter = adapter
+        self.layer_ids = premature_indices(premature, adapter.n_layers)
+        self.relative_top = float(relative_top)
+        self.norm_premature = bool(norm_premature)
+        self.banned: list[int] = []  # ids never produced (see HALC: the image placeholder)
+
+    def premature_logits(self, hidden_states: Sequence[torch.Tensor]) -> torch.Tensor:
+        """(k, V) fp32: all candidates through lm_head in one matmul (the weight is read once)."""
+        last = len(hidden_states) - 1
+        rows = []
+        for j in self.layer_ids:
+            h = hidden_states[j][0, -1]
+            if self.norm_premature and j != last:  # the last entry is already normed
+                h = self.adapter.final_norm(h)
+            rows.append(h)
+        return self.adapter.lm_head(torch.stack(rows)).float()
+
+    def scores(self, out) -> DolaStep:
+        mature = self.adapter.last_logits(out)[0]
+        step = dola_scores(mature, self.premature_logits(out.hidden_states), self.layer_ids, self.relative_top)
+        if self.banned:
+            step.scores[self.banned] = float("-inf")
+        return step
+
+    def token(self, out) -> int:
+        return int(torch.argmax(self.scores(out).scores).item())
