@@ -150,3 +150,65 @@ def test_cli_single_run_and_config_error(tmp_path: Path) -> None:
     assert bad.stderr.strip().splitlines()[-1] == (
         "vh_bench: error: config `generation.max_new_tokens`: must be >= 1, got -3"
     )
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam", "sample"])
+def test_nan_logits_mark_the_sample_and_the_run_continues(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, strategy: str) -> None:
+    import torch
+
+    from vh_bench.decoding.branch import Branch
+
+    real_step = Branch.step
+    calls = {"n": 0}
+
+    def poisoned(self, tokens):
+        calls["n"] += 1
+        z = real_step(self, tokens)
+        # The second sample's model "diverges" on its first decode step.
+        return torch.full_like(z, float("nan")) if calls["n"] == 6 else z
+
+    monkeypatch.setattr(Branch, "step", poisoned)
+    res = run(_cfg(tmp_path, "runtime.limit=3", f"generation={strategy}", "generation.max_new_tokens=6"))
+    assert res["n_done"] == 3 and res["n_errors"] == 1
+    assert "non-finite logits" in next(iter(res["errors"].values()))
+    assert res["metrics"]["n_scored"] == 2
+
+
+def test_partial_or_truncated_weights_give_one_line_errors(tmp_path: Path) -> None:
+    import shutil
+
+    from tests.conftest import tiny_checkpoint
+
+    src = Path(tiny_checkpoint())
+    # Sharded checkpoint with one shard missing: caught before loading.
+    sharded = tmp_path / "sharded"
+    shutil.copytree(src, sharded)
+    (sharded / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a": "model.safetensors", "b": "model-00002-of-00002.safetensors"}})
+    )
+    with pytest.raises(ConfigError, match=r"config `model.path`.*missing 1 of 2 weight shards"):
+        llava.check_checkpoint(str(sharded))
+    # A weight file cut short by an interrupted download: caught when loading.
+    truncated = tmp_path / "truncated"
+    shutil.copytree(src, truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ConfigError, match=r"config `model.path`: cannot load weights from"):
+        llava.LlavaAdapter.load(str(truncated))
+
+
+def test_malformed_annotation_file_names_the_line_and_keeps_the_samples(tmp_path: Path) -> None:
+    from vh_bench.errors import ScoringError
+
+    cfg = _cfg(tmp_path, "runtime.limit=2", f"paths.demo_dir={tmp_path}/demo")
+    ann = plan(cfg).dataset.data_dir / "annotations" / "captions_demo.json"
+    text = ann.read_text()
+    assert '"annotations": [' in text
+    ann.write_text(text.replace('"annotations": [', '"annotations": [\n,', 1))
+    with pytest.raises(ScoringError, match=r"captions_demo.json.*line 2 column 1.*sample lines .* are kept"):
+        run(cfg)
+    run_dir = plan(cfg).run_dir
+    assert len((run_dir / "samples.jsonl").read_text().splitlines()) == 2
+    ann.write_text(text)  # fixed: the same command only rescores
+    res = run(cfg)
+    assert res["run"]["n_generated_now"] == 0 and res["metrics"]["chair"]["n_captions"] == 2

@@ -10,7 +10,7 @@ import hydra
 from omegaconf import DictConfig
 
 from vh_bench.config import register_resolvers
-from vh_bench.errors import ConfigError
+from vh_bench.errors import ConfigError, ScoringError
 from vh_bench.paths import config_dir
 
 register_resolvers()
@@ -26,8 +26,8 @@ def main(cfg: DictConfig) -> float | None:
 
     try:
         results = run(cfg)
-    except ConfigError as exc:
-        # One line for people; no traceback for a bad value.
+    except (ConfigError, ScoringError) as exc:
+        # One line for people; no traceback for a bad value or a bad input file.
         print(f"vh_bench: error: {exc}", file=sys.stderr)
         sys.exit(2)
     # Tell the sweep callback where this job's results went.

@@ -18,3 +18,8 @@ class SampleError(RuntimeError):
     """A single sample could not be processed (bad image, non-finite logits, ...).
 
     Recorded on the sample's output line; the run goes on."""
+
+
+class ScoringError(RuntimeError):
+    """Scoring failed (e.g. a malformed ground-truth file). The sample lines are kept: fix the input
+    and re-run the same command, which only re-scores."""

@@ -28,7 +28,7 @@ from vh_bench.data.base import Dataset
 from vh_bench.data.images import load_rgb
 from vh_bench.decoding.method import Method
 from vh_bench.decoding.seeding import SampleSeeds
-from vh_bench.errors import ConfigError, SampleError
+from vh_bench.errors import ConfigError, SampleError, ScoringError
 from vh_bench.metrics.speed import speed_from_rows
 from vh_bench.models.llava import LlavaAdapter, check_checkpoint
 from vh_bench.models.templates import resolve_template
@@ -274,7 +274,14 @@ def score(p: Plan, store: RunStore, samples: list[Sample], facts: dict[str, Any]
     wanted = {s.sample_id for s in samples}
     rows = [r for r in store.rows() if r["sample_id"] in wanted]
     complete = len(rows) == len(wanted)
-    metrics = p.dataset.score(rows, selected=wanted) if rows else {}
+    try:
+        metrics = p.dataset.score(rows, selected=wanted) if rows else {}
+    except (ValueError, OSError, KeyError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ScoringError(
+            f"scoring {p.dataset.name} failed: {msg} (the {len(rows)} sample lines in {p.run_dir} are kept; "
+            "fix the input and re-run the same command to rescore)"
+        ) from exc
     cfg = p.cfg
     results = {
         "fingerprint": p.fingerprint,

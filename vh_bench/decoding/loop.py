@@ -7,12 +7,14 @@ token scores; the loop owns token selection, stopping, timing and seeding, so th
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
 from vh_bench.decoding.timing import SampleTimer
+from vh_bench.errors import SampleError
 from vh_bench.records import GenConfig
 
 
@@ -66,8 +68,15 @@ def process_sampling_scores(z: torch.Tensor, gen: GenConfig) -> torch.Tensor:
 def _select(z: torch.Tensor, gen: GenConfig, generator: torch.Generator | None) -> int:
     if gen.strategy == "sample":
         probs = process_sampling_scores(z[0].float(), gen).softmax(dim=-1).cpu()
+        if not bool(torch.isfinite(probs).all()) or float(probs.sum()) <= 0:
+            raise SampleError("non-finite logits (NaN/inf): sample marked, run continues")
         return int(torch.multinomial(probs, 1, generator=generator).item())
-    return int(torch.argmax(z[0]).item())  # ties → lowest id
+    best = torch.argmax(z[0])  # ties → lowest id; a NaN anywhere wins the argmax
+    # One host read for both the id and its score (the read synchronises anyway).
+    tok, score = torch.stack([best.double(), z[0, best].double()]).tolist()
+    if not math.isfinite(score):
+        raise SampleError("non-finite logits (NaN/inf): sample marked, run continues")
+    return int(tok)
 
 
 def decode(
@@ -125,6 +134,8 @@ def _beam_search(stepper: Stepper, gen: GenConfig, eos: int, timer: SampleTimer)
         V = lsm.shape[-1]
         acc = (lsm + running_scores[:, None]).reshape(-1)
         cand_scores, cand_idx = torch.topk(acc, k=n_keep)
+        if bool(torch.isnan(cand_scores).any()) or bool(torch.isposinf(cand_scores).any()):
+            raise SampleError("non-finite logits (NaN/inf): sample marked, run continues")
         cand_rows = torch.div(cand_idx, V, rounding_mode="floor")
         cand_tok = cand_idx % V
         gen_len = len(running[0]) + 1  # generated length including the candidate token

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from PIL import Image
+from safetensors import SafetensorError
 
 from vh_bench.decoding import attention
 from vh_bench.errors import ConfigError
@@ -65,6 +66,18 @@ def check_checkpoint(path_or_id: str) -> None:
     has_weights = any(p.glob("*.safetensors")) or any(p.glob("*.bin"))
     if not has_weights:
         raise ConfigError("model.path", f"{p} has no weight files (*.safetensors)", "the download is incomplete")
+    for index in list(p.glob("*.safetensors.index.json")) + list(p.glob("*.bin.index.json")):
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (json.JSONDecodeError, KeyError) as exc:
+            raise ConfigError("model.path", f"{index} is not a valid weight index ({exc})") from exc
+        missing = sorted(s for s in shards if not (p / s).is_file())
+        if missing:
+            raise ConfigError(
+                "model.path",
+                f"{p} is missing {len(missing)} of {len(shards)} weight shards (e.g. {missing[0]})",
+                "the download is incomplete",
+            )
 
 
 class LlavaAdapter:
@@ -144,13 +157,18 @@ class LlavaAdapter:
         # Dict form: only the language model gets the harness's attention; the vision tower keeps
         # sdpa (its attention modules have no layer_idx). methods.md §1.6.
         text_attn = attn_implementation if stock_attention else attention.ATTN_NAME
-        model = LlavaForConditionalGeneration.from_pretrained(
-            path,
-            dtype=DTYPES[dtype],
-            attn_implementation={"text_config": text_attn, "vision_config": "sdpa"},
-            trust_remote_code=False,
-            tp_plan=None,  # torchrun shards data, never the model
-        )
+        try:
+            model = LlavaForConditionalGeneration.from_pretrained(
+                path,
+                dtype=DTYPES[dtype],
+                attn_implementation={"text_config": text_attn, "vision_config": "sdpa"},
+                trust_remote_code=False,
+                tp_plan=None,  # torchrun shards data, never the model
+            )
+        except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+            # Truncated or corrupt weight files surface here as library errors; say which key.
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError("model.path", f"cannot load weights from {path}: {first}") from exc
         model.to(device).eval()
         model.requires_grad_(False)
         return cls(model, processor, prompt_template=prompt_template, name=name, attn_backend=attn_implementation)
