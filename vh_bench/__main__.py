@@ -33,7 +33,9 @@ def main(cfg: DictConfig) -> float | None:
     # Tell the sweep callback where this job's results went.
     out = Path(HydraConfig.get().runtime.output_dir)
     (out / "run_dir.txt").write_text(results["run_dir"] + "\n")
-    print(format_table(results_frame([results]), "md"))
+    row = results_frame([results])
+    # One run: its hyperparameters are in results.json; the printed line keeps to the metrics.
+    print(format_table(row[[c for c in row.columns if not c.startswith("method.")]], "md"))
     chair = results.get("metrics", {}).get("chair") or {}
     return chair.get("CHAIRs")
 
