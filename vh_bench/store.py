@@ -120,11 +120,14 @@ class SampleWriter:
             fh.truncate(cut)
 
     def write(self, row: dict[str, Any]) -> None:
+        # Flushed to the OS per line: a killed or preempted process loses nothing it wrote. The
+        # fsync (which also survives a machine crash) is paid once, at close, not per sample.
         self._fh.write(json.dumps(row, sort_keys=True, default=str) + "\n")
         self._fh.flush()
-        os.fsync(self._fh.fileno())
 
     def close(self) -> None:
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
         self._fh.close()
 
     def __enter__(self) -> "SampleWriter":

@@ -76,9 +76,13 @@ def test_profile_of_a_tiny_run(tmp_path: Path) -> None:
     # Two samples: one prefill each, up to two decode steps each; every stage wrapped was reached.
     assert st["forward.prefill"]["calls"] == 2
     assert 2 <= st["forward.decode"]["calls"] <= 4
-    assert st["data.image_load"]["calls"] == 2 and st["data.preprocess"]["calls"] == 2
     assert st["decode.loop"]["calls"] == 2 and st["scoring"]["calls"] == 1 and st["model.load"]["calls"] == 1
-    assert st["store.sample_lines"]["calls"] == 2 and st["scoring.nltk"]["calls"] >= 1 and st["scoring.gt"]["calls"] == 1
+    assert st["store.sample_lines"]["calls"] == 2
+    # Image loading/preprocessing (prefetch) and the scorer's NLTK/GT loading (warm-up) run on
+    # worker threads, overlapped with generation: reported apart from the wall-time shares.
+    background = rep["breakdown"]["background"]
+    assert {"data.image_load", "data.preprocess", "scoring.nltk"} <= set(background)
+    assert "data.image_load" not in st and "data.preprocess" not in st
     text = (tmp_path / "bench" / "profile.md").read_text()
     assert "model forward, prefill" in text and "of the wall time without the one-off set-up" in text
     # The run went into a fresh temporary results directory (nothing resumed), removed afterwards.

@@ -14,6 +14,7 @@ import functools
 import pstats
 import shutil
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -61,23 +62,35 @@ class Stages:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
-        self._stack: list[list[Any]] = []  # [stage, time spent in nested stages]
+        # Work on other threads (the runner's scoring warm-up) overlaps the main thread's wall time:
+        # reported on its own, never added to the wall-time shares.
+        self.background: dict[str, float] = defaultdict(float)
+        self._local = threading.local()
+
+    def _stack(self) -> list[list[Any]]:  # [stage, time spent in nested stages], per thread
+        if not hasattr(self._local, "stack"):
+            self._local.stack = []
+        return self._local.stack
 
     def wrap(self, stage: str | Callable[..., str], fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
         def timed(*args: Any, **kwargs: Any) -> Any:
             name = stage(*args, **kwargs) if callable(stage) else stage
+            stack = self._stack()
             start = time.perf_counter()
-            self._stack.append([name, 0.0])
+            stack.append([name, 0.0])
             try:
                 return fn(*args, **kwargs)
             finally:
                 elapsed = time.perf_counter() - start
-                _, nested = self._stack.pop()
-                self.seconds[name] += elapsed - nested
-                self.calls[name] += 1
-                if self._stack:
-                    self._stack[-1][1] += elapsed
+                _, nested = stack.pop()
+                if threading.current_thread() is threading.main_thread():
+                    self.seconds[name] += elapsed - nested
+                    self.calls[name] += 1
+                else:
+                    self.background[name] += elapsed - nested
+                if stack:
+                    stack[-1][1] += elapsed
 
         return timed
 
@@ -211,6 +224,16 @@ def profile_markdown(b: Mapping[str, Any], setup: Mapping[str, Any]) -> str:
         f" — {_verdict(per_run)} the target.",
         f"- Everything outside model forwards, set-up included: {100 * strict:.2f} % of the wall time"
         f" — {_verdict(strict)} the target on a run of this size.",
+        *(
+            [
+                "- Overlapped with generation on a second thread (the runner's scoring warm-up; not part"
+                " of the wall-time shares above): "
+                + ", ".join(f"{STAGES.get(k, ('', k))[1]} {v:.2f} s" for k, v in sorted(b["background"].items()))
+                + ".",
+            ]
+            if b.get("background")
+            else []
+        ),
         "",
         "Stages are exclusive (a nested stage's time is counted only there) and measured with one"
         " perf_counter pair per call around the harness's own functions (vh_bench.bench.profile).",
@@ -262,6 +285,7 @@ def run_profile(
         if tmp is not None and not keep:
             shutil.rmtree(tmp, ignore_errors=True)
     b = breakdown(stages.seconds, stages.calls, wall)
+    b["background"] = dict(stages.background)
     gen = results["generation"]
     speed = results.get("speed") or {}
     setup = {

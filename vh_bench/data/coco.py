@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vh_bench.data.captioning import score_captions
+from vh_bench.data.captioning import CaptionDataset
 from vh_bench.errors import ConfigError
 from vh_bench.records import Sample
 
@@ -33,18 +32,13 @@ def coco_file_name(image_id: int) -> str:
     return f"COCO_val2014_{image_id:012d}.jpg"
 
 
-@dataclass
-class CocoCaptions:
+@dataclass(kw_only=True)
+class CocoCaptions(CaptionDataset):
     image_dir: str
     image_ids_file: str | None = None
     num_samples: int | None = None
     sample_seed: int = 0
-    prompt: str = "Please describe this image in detail."
-    chair: dict[str, Any] = field(default_factory=dict)
-    opope: bool = True
     name: str = "coco"
-    task: str = "caption"
-    max_new_tokens: int | None = None
 
     def check(self) -> None:
         d = Path(self.image_dir)
@@ -90,18 +84,8 @@ class CocoCaptions:
         ids = self.image_ids()
         return {**self.identity(), "image_dir": self.image_dir, "image_ids_file": self.image_ids_file, "n_images": len(ids)}
 
-    def score(self, rows: list[dict[str, Any]], selected: Collection[str] | None = None) -> dict[str, Any]:
-        # Captioning scores exactly the rows it is given (the runner already applied its selection).
-        from vh_bench.metrics.chair import load_ground_truth
+    def gt_source(self) -> str:
+        return str(self.chair["gt"])
 
-        dialect = self.chair.get("dialect", "opera")
-        ids = [int(r["image_id"]) for r in rows]
-        gt = load_ground_truth(self.chair["gt"], dialect=dialect, image_ids=ids)
-        return score_captions(
-            rows,
-            gt,
-            dialect=dialect,
-            missing_gt=self.chair.get("missing_gt", "error"),
-            synonyms=self.chair.get("synonyms"),
-            opope=self.opope,
-        )
+    def gt_image_ids(self) -> list[int]:
+        return self.image_ids()

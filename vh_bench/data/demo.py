@@ -14,14 +14,13 @@ import os
 import random
 import shutil
 import tempfile
-from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw
 
-from vh_bench.data.captioning import score_captions
+from vh_bench.data.captioning import CaptionDataset
 from vh_bench.models.tiny_vocab import COCO_CATEGORIES
 from vh_bench.records import Sample
 
@@ -121,20 +120,15 @@ def generate_demo(root: Path, *, num_images: int = 8, image_size: int = 336, see
     return target
 
 
-@dataclass
-class DemoCaptions:
+@dataclass(kw_only=True)
+class DemoCaptions(CaptionDataset):
     """CHAIR captioning on the generated scenes; their annotations are the ground truth."""
 
     root: str
     num_images: int = 8
     image_size: int = 336
     seed: int = 0
-    prompt: str = "Please describe this image in detail."
-    chair: dict[str, Any] = field(default_factory=dict)
-    opope: bool = True
     name: str = "demo"
-    task: str = "caption"
-    max_new_tokens: int | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -165,21 +159,8 @@ class DemoCaptions:
     def provenance(self) -> dict[str, Any]:
         return {**self.identity(), "data_dir": str(self.data_dir)}
 
-    def score(self, rows: list[dict[str, Any]], selected: Collection[str] | None = None) -> dict[str, Any]:
-        # Captioning scores exactly the rows it is given (the runner already applied its selection).
-        from vh_bench.metrics.chair import load_ground_truth
-
-        dialect = self.chair.get("dialect", "opera")
-        gt = load_ground_truth(self.data_dir / "annotations", dialect=dialect)
-        return score_captions(
-            rows,
-            gt,
-            dialect=dialect,
-            missing_gt=self.chair.get("missing_gt", "error"),
-            synonyms=self.chair.get("synonyms"),
-            opope=self.opope,
-            seed=self.seed,
-        )
+    def gt_source(self) -> Path:
+        return self.data_dir / "annotations"
 
 
 def demo_pope(
