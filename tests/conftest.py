@@ -61,3 +61,9 @@ def test_image() -> Image.Image:
 @pytest.fixture(scope="session")
 def caption_prompt() -> str:
     return "Please describe this image in detail."
+
+
+@pytest.fixture(scope="module")
+def inputs(tiny_adapter, test_image, caption_prompt):
+    """The test image with the caption prompt, prepared for the 224-px tiny model."""
+    return tiny_adapter.prepare(test_image, caption_prompt)

@@ -24,11 +24,6 @@ BEAM = GenConfig(strategy="beam", num_beams=3, max_new_tokens=8)
 SAMPLE = GenConfig(strategy="sample", max_new_tokens=10)
 
 
-@pytest.fixture(scope="module")
-def inputs(tiny_adapter, test_image, caption_prompt):
-    return tiny_adapter.prepare(test_image, caption_prompt)
-
-
 def cache_lengths(stepper) -> list[int]:
     while not hasattr(stepper, "cache"):  # Recorder → ControlledStepper → Branch
         stepper = stepper.inner

@@ -90,11 +90,6 @@ def _run(method: HALC, adapter, inputs, max_new: int = 12, sample: str = "s", tr
     return ids, search
 
 
-@pytest.fixture(scope="module")
-def inputs(tiny_adapter, test_image, caption_prompt):
-    return tiny_adapter.prepare(test_image, caption_prompt)
-
-
 # ---- reductions --------------------------------------------------------------------------------
 def _dola_reference(adapter, inputs, max_new: int) -> list[int]:
     head = DolaHead(adapter, "even", 0.1, False)

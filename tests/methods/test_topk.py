@@ -21,11 +21,6 @@ BEAM = GenConfig(strategy="beam", num_beams=3, max_new_tokens=8)
 SAMPLE = GenConfig(strategy="sample", max_new_tokens=10)
 
 
-@pytest.fixture(scope="module")
-def inputs(tiny_adapter, test_image, caption_prompt):
-    return tiny_adapter.prepare(test_image, caption_prompt)
-
-
 def test_counts_round_half_up():
     assert (TopK().n_keep(576), TopK().n_keep(256)) == (432, 192)
     assert TopK(keep_ratio=0.5).n_keep(5) == 3

@@ -28,11 +28,6 @@ ACTIVE_VATS = {"scope": "all"}  # drops from the first decode step (with "genera
 
 
 @pytest.fixture(scope="module")
-def inputs(tiny_adapter, test_image, caption_prompt):
-    return tiny_adapter.prepare(test_image, caption_prompt)
-
-
-@pytest.fixture(scope="module")
 def inputs_x(tiny_adapter_explicit, test_image, caption_prompt):
     return tiny_adapter_explicit.prepare(test_image, caption_prompt)
 

@@ -16,11 +16,6 @@ from vh_bench.runner import build_method
 from .stepping import assert_scores_close, check_beam_replay, gen_config, margins_ok, run_method
 
 
-@pytest.fixture(scope="module")
-def inputs(tiny_adapter, test_image, caption_prompt):
-    return tiny_adapter.prepare(test_image, caption_prompt)
-
-
 # ---- §3.1 noise -------------------------------------------------------------------------------
 @pytest.mark.parametrize("step, coef_x, coef_eps", [(500, 0.86302, 0.50517), (999, 0.28504, 0.95851)])
 def test_noise_coefficients(step, coef_x, coef_eps):

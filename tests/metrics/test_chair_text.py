@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from vh_bench.models.tiny_vocab import COCO_CATEGORIES
+
 from tests.shared_data import shared_path
 from vh_bench import nltk_env, setup_nltk
 from vh_bench.metrics.chair_words import (
@@ -21,18 +23,7 @@ from vh_bench.metrics.chair_words import (
 
 pytestmark = pytest.mark.usefixtures("chair_no_download", "chair_synonyms", "chair_nltk_root")
 
-COCO_NAMES = [
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
-    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
-    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
-    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
-    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
-    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange",
-    "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant",
-    "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
-    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
-    "teddy bear", "hair drier", "toothbrush",
-]
+COCO_NAMES = list(COCO_CATEGORIES)  # the 80 COCO category names, in COCO's order
 
 
 # --- §6.1 environment --------------------------------------------------------------------------
