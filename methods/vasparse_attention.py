@@ -20,9 +20,16 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.vasparse_cluster import Merge, cluster_count, dpc_knn, merge_clusters, redistribute
+from methods.vasparse_cluster import Merge, cluster_count, dpc_knn, merge_clusters, merge_one_cluster, redistribute
 from methods.vasparse_sap import grow, penalise, prefill_accumulator, sink_weights
-from methods.vasparse_select import candidate_positions, n_kept, saliency_probs, select_dropped, vats_scores
+from methods.vasparse_select import (
+    candidate_positions,
+    n_kept,
+    saliency_probs,
+    saliency_term,
+    select_dropped,
+    vats_delta,
+)
 from vh_bench.decoding.attention import AttentionHandler, AttnCall
 
 DROPPED = torch.finfo(torch.float32).min  # the attention layer's recommended "−inf" for a dropped key
@@ -48,6 +55,18 @@ class VATSParams:
     knn_k: int
 
 
+@dataclass(frozen=True)
+class StepPlan:
+    """VATS counts of one decode step (they depend only on N and the prompt layout)."""
+
+    cand: torch.Tensor  # candidate key positions, ascending (CPU)
+    start: int | None  # first candidate when they are contiguous (every scope but `text`), else None
+    n: int  # candidates
+    n_keep: int
+    n_drop: int  # m = |D|, equal for every row and head
+    n_clusters: int  # c (0 when nothing is dropped)
+
+
 class VASparseState:
     """Per-row state shared by the layers of one generation; dim 0 is rows (beams)."""
 
@@ -57,6 +76,11 @@ class VASparseState:
         self.c: dict[int, torch.Tensor] = {}  # layer → (R, H, N) SAP accumulators
         self._p: tuple[int, torch.Tensor] | None = None  # P of the current step, by key count
         self._candidates: dict[tuple[str, int, str], torch.Tensor] = {}
+        # Host-known facts of the current step, shared by the layers (cleared when N changes):
+        # plans by (params, N) and the saliency term λ·B of δ by (params, N, device).
+        self._step_keys = -1
+        self._plans: dict[tuple[VATSParams, int], StepPlan] = {}
+        self._terms: dict[tuple[VATSParams, int, str], torch.Tensor | None] = {}
         # diagnostics
         self.trace = trace  # keep each layer's last â row and dropped set (tests)
         self.rows: dict[int, torch.Tensor] = {}
@@ -72,12 +96,14 @@ class VASparseState:
             self.r = self.r.repeat_interleave(n, dim=0)
         self.c = {k: v.repeat_interleave(n, dim=0) for k, v in self.c.items()}
         self._p = None
+        self._terms = {}
 
     def reorder(self, beam_idx: torch.Tensor) -> None:
         if self.r is not None:
             self.r = self.r.index_select(0, beam_idx.to(self.r.device))
         self.c = {k: v.index_select(0, beam_idx.to(v.device)) for k, v in self.c.items()}
         self._p = None
+        self._terms = {}
 
     # shared per-step quantities
     def saliency(self, n_keys: int) -> torch.Tensor:
@@ -98,6 +124,50 @@ class VASparseState:
             pos = candidate_positions(scope, n_keys, lay.prompt_len, lay.image_start, lay.n_image)
             self._candidates[key] = pos.to(device)
         return self._candidates[key]
+
+    def _new_step(self, n_keys: int) -> None:
+        if n_keys != self._step_keys:
+            self._step_keys = n_keys
+            self._plans = {}
+            self._terms = {}
+
+    def plan(self, params: VATSParams, n_keys: int) -> StepPlan:
+        """Candidates and counts of this step for `params` (host values, once per step)."""
+        self._new_step(n_keys)
+        key = (params, n_keys)
+        plan = self._plans.get(key)
+        if plan is None:
+            lay = self.layout
+            cand = candidate_positions(params.scope, n_keys, lay.prompt_len, lay.image_start, lay.n_image)
+            n = cand.numel()
+            m = n - n_kept(n, params.sparsity)
+            contiguous = n > 0 and int(cand[-1]) - int(cand[0]) == n - 1
+            plan = StepPlan(
+                cand=cand,
+                start=int(cand[0]) if contiguous else None,
+                n=n,
+                n_keep=n - m,
+                n_drop=m,
+                n_clusters=cluster_count(m, params.cluster_ratio) if m > 0 else 0,
+            )
+            self._plans[key] = plan
+        return plan
+
+    def saliency_term(self, params: VATSParams, plan: StepPlan, n_keys: int, device: torch.device) -> torch.Tensor | None:
+        """λ·B of δ at the candidates, `(R, 1, n)`, shared by every VATS layer and head of this step.
+
+        None when λ = 0 ("w/o P": the term is 0 and the history is not recorded).
+        """
+        self._new_step(n_keys)
+        key = (params, n_keys, str(device))
+        if key not in self._terms:
+            term = None
+            if params.lam != 0:
+                p = self.saliency(n_keys)
+                p = p.narrow(-1, plan.start, plan.n) if plan.start is not None else p.index_select(-1, plan.cand.to(p.device))
+                term = saliency_term(p, params.lam, params.normalize)[:, None, :]
+            self._terms[key] = term
+        return self._terms[key]
 
     def extras(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -131,8 +201,7 @@ class VASparseLayer(AttentionHandler):
     def _n_drop(self, n_keys: int) -> int:
         if self.vats is None:
             return 0
-        n = self.state.candidates(self.vats.scope, n_keys, torch.device("cpu")).numel()
-        return n - n_kept(n, self.vats.sparsity)
+        return self.state.plan(self.vats, n_keys).n_drop
 
     def explicit(self, call: AttnCall) -> bool:
         if call.mode == "prefill":
@@ -152,49 +221,65 @@ class VASparseLayer(AttentionHandler):
             raise RuntimeError("VASparse decode steps feed one token per row")
         n_keys = call.kv_len
         dropped, merge, s_bar = None, None, None
-        if self.vats is not None and self._n_drop(n_keys) > 0:
-            dropped, merge, s_bar = self._select(call, s, n_keys)
+        if self.vats is not None:
+            plan = self.state.plan(self.vats, n_keys)
+            if plan.n_drop > 0:
+                dropped, merge, s_bar = self._select(call, s, n_keys, plan)
         if self.sap_beta is not None:
             c = grow(self.state.c[call.layer], n_keys)
             self.state.c[call.layer] = c
             w = sink_weights(c)  # (R, H, N)
             s = penalise(s, w[:, :, None, :], self.sap_beta)
             if merge is not None:
-                w_bar = (merge.members(s_bar.shape[-1]) @ torch.gather(w, -1, dropped)[..., None])[..., 0]
+                w_drop = torch.gather(w, -1, dropped)[..., None]  # (R, H, m, 1)
+                if s_bar.shape[-1] == 1:  # one cluster: w̄ = Σ ω_i w_i
+                    w_bar = (merge.weights[..., None, :] @ w_drop)[..., 0]
+                else:
+                    w_bar = (merge.members(s_bar.shape[-1]) @ w_drop)[..., 0]
                 s_bar = penalise(s_bar, w_bar[:, :, None, :], self.sap_beta)
             if self.state.record:
                 sink = w.max(dim=-1).values.mean()
                 self.state.sink_sum = sink if self.state.sink_sum is None else self.state.sink_sum + sink
                 self.state.sink_calls += 1
         if dropped is not None:
-            s = s.scatter(-1, dropped[:, :, None, :], DROPPED)
+            # `s` is this layer's own fp32 score tensor (a copy, or the penalised result): edit in place.
+            s = s.scatter_(-1, dropped[:, :, None, :], DROPPED)
             if merge is not None:
                 call.add_keys(s_bar, merge.values.to(call.value.dtype))
         self._pending = (dropped, merge)
         return s
 
-    def _select(self, call: AttnCall, s: torch.Tensor, n_keys: int):
+    def _select(self, call: AttnCall, s: torch.Tensor, n_keys: int, plan: StepPlan):
         p = self.vats
-        cand = self.state.candidates(p.scope, n_keys, s.device)
-        n = cand.numel()
-        keep = n_kept(n, p.sparsity)
-        s_cand = s[:, :, 0, :].index_select(-1, cand)  # raw scores, before SAP (Decision §6.1)
-        if p.lam != 0:
-            p_cand = self.state.saliency(n_keys).index_select(-1, cand)
-        else:  # "w/o P": the saliency term is 0 and its history is not recorded
-            p_cand = s_cand.new_zeros(s_cand.shape[0], n)
-        delta = vats_scores(s_cand, p_cand, p.lam, p.normalize)
-        d_idx = select_dropped(delta, keep)  # (R, H, m) into the candidates
-        dropped = cand[d_idx]  # key positions
+        st = self.state
+        row = s[:, :, 0, :]
+        if plan.start is not None:  # contiguous candidates: a view, no index
+            s_cand = row.narrow(-1, plan.start, plan.n)  # raw scores, before SAP (Decision §6.1)
+        else:
+            cand = st.candidates(p.scope, n_keys, s.device)
+            s_cand = row.index_select(-1, cand)
+        delta = vats_delta(s_cand, st.saliency_term(p, plan, n_keys, s.device), p.normalize)
+        d_idx = select_dropped(delta, plan.n_keep)  # (R, H, m) into the candidates
+        if plan.start is not None:
+            dropped = d_idx + plan.start  # key positions
+        else:
+            dropped = st.candidates(p.scope, n_keys, s.device)[d_idx]
         if p.merge != "dpc_knn":
             return dropped, None, None
-        m = d_idx.shape[-1]
-        gather_idx = dropped[..., None].expand(-1, -1, -1, call.key.shape[-1])
-        k_drop = torch.gather(call.key, 2, gather_idx).float()
-        v_drop = torch.gather(call.value, 2, gather_idx).float()
-        c = cluster_count(m, p.cluster_ratio)
-        assign, _ = dpc_knn(k_drop, c, p.knn_k)
-        merge = merge_clusters(k_drop, v_drop, torch.gather(delta, -1, d_idx), assign, c)
+        m, c = plan.n_drop, plan.n_clusters
+        key, value = call.key, call.value
+        gather_idx = dropped[..., None].expand(-1, -1, -1, key.shape[-1])
+        k_drop = torch.gather(key, 2, gather_idx).float()
+        v_drop = torch.gather(value, 2, gather_idx).float()
+        d_drop = torch.gather(delta, -1, d_idx)
+        if c == 1:  # a single cluster: DPC-kNN has nothing to decide
+            merge = merge_one_cluster(k_drop, v_drop, d_drop)
+        else:
+            if c == m:  # singletons: every point is a centre and its own cluster
+                assign = torch.arange(m, device=s.device).expand(d_idx.shape)
+            else:
+                assign, _ = dpc_knn(k_drop, c, p.knn_k)
+            merge = merge_clusters(k_drop, v_drop, d_drop, assign, c)
         s_bar = torch.matmul(call.query.float(), merge.keys.transpose(-1, -2)) * call.scaling  # (R, H, 1, c)
         return dropped, merge, s_bar
 

@@ -97,6 +97,20 @@ def merge_clusters(
     return Merge(assign, weights, mat @ keys.float(), mat @ values.float())
 
 
+def merge_one_cluster(keys: torch.Tensor, values: torch.Tensor, delta: torch.Tensor) -> Merge:
+    """`merge_clusters` when every dropped key forms one cluster (c = 1: |D| = 1 or 2 at ratio 0.5).
+
+    DPC-kNN has nothing to decide then, so no distances are computed; same weights and averages.
+    """
+    delta = delta.float()
+    m = delta.shape[-1]
+    total = delta.sum(dim=-1, keepdim=True)
+    weights = torch.where(total > 0, delta / total.clamp_min(1e-30), 1.0 / m)
+    mat = weights[..., None, :]  # (..., 1, m)
+    assign = torch.zeros(delta.shape, dtype=torch.long, device=delta.device)
+    return Merge(assign, weights, mat @ keys.float(), mat @ values.float())
+
+
 def redistribute(
     probs: torch.Tensor, dropped: torch.Tensor, merge: Merge | None, virtual_probs: torch.Tensor | None
 ) -> torch.Tensor:

@@ -59,6 +59,26 @@ def vats_scores(s_cand: torch.Tensor, p_cand: torch.Tensor, lam: float, normaliz
     return a + lam * b
 
 
+def saliency_term(p_cand: torch.Tensor, lam: float, normalize: str) -> torch.Tensor:
+    """λ·B of δ for `p_cand (R, n)`: the part of `vats_scores` that is the same for every head and
+    every VATS layer of a step, so a decode step computes it once."""
+    b = p_cand.float()
+    if normalize == "sum":
+        b = b / b.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+    elif normalize != "none":
+        raise ValueError(f"unknown VATS normalisation {normalize!r}; one of {NORMALIZE}")
+    return lam * b
+
+
+def vats_delta(s_cand: torch.Tensor, term: torch.Tensor | None, normalize: str) -> torch.Tensor:
+    """`vats_scores` with the saliency part precomputed: `term (R, 1, n)` from `saliency_term`, or
+    None for λ = 0 (then δ = A, exactly what `A + 0·B` gives)."""
+    a = s_cand.float().square()
+    if normalize == "sum":
+        a = a / a.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+    return a if term is None else a + term
+
+
 def select_dropped(delta: torch.Tensor, n_keep: int) -> torch.Tensor:
     """Indices (into the candidates) of the `n − n_keep` smallest δ per row and head, ascending.
 

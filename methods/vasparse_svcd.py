@@ -29,19 +29,35 @@ def kept_positions(length: int, masked: torch.Tensor) -> torch.Tensor:
 
 
 class EmbeddingContrast:
-    """`stop_layer = 0`: no cache, no image; per-row logits of the last fed token's embedding."""
+    """`stop_layer = 0`: no cache, no image; per-row logits of the last fed token's embedding.
+
+    They depend on the token id alone, so each distinct id is computed once per sample (one row,
+    the same computation every time, hence exact) and looked up when it comes back. The rows
+    returned are the cached tensors: consumers must not edit them in place (none does).
+    """
 
     def __init__(self, adapter: LlavaAdapter, inputs: ModelInputs, *, final_norm: bool) -> None:
         self.adapter = adapter
         self.inputs = inputs
         self.final_norm = final_norm
         self.last_logits: torch.Tensor | None = None
+        self._by_token: dict[int, torch.Tensor] = {}
+
+    def _token_logits(self, token: int) -> torch.Tensor:
+        row = self._by_token.get(token)
+        if row is None:
+            ids = torch.tensor([[token]], dtype=torch.long, device=self.adapter.device)
+            h = self.adapter.embed_tokens(ids)
+            if self.final_norm:
+                h = self.adapter.final_norm(h)
+            row = self.adapter.lm_head(h)[:, -1, :].float()  # (1, V)
+            self._by_token[token] = row
+        return row
 
     def _logits(self, tokens: torch.Tensor) -> torch.Tensor:
-        h = self.adapter.embed_tokens(tokens.view(-1, 1).to(self.adapter.device))
-        if self.final_norm:
-            h = self.adapter.final_norm(h)
-        self.last_logits = self.adapter.lm_head(h)[:, -1, :].float()
+        ids = tokens.reshape(-1).tolist()  # the loop's tokens live on the host
+        rows = [self._token_logits(t) for t in ids]
+        self.last_logits = rows[0] if len(rows) == 1 else torch.cat(rows, dim=0)
         return self.last_logits
 
     def prefill(self, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:

@@ -520,15 +520,24 @@ def _explicit(
     additive = _additive_mask(attention_mask, query.shape[2], key.shape[2], scores.dtype, query.device)
     if additive is not None:
         scores = scores + additive
+    extra_values = None
     if call is not None and call.extra_scores is not None:
+        # The score row is small; the values are not: `[V; V̄]` would copy the layer's whole value
+        # cache every call, so the output is `p_real·V + p_virtual·V̄` instead (same probabilities).
         scores = torch.cat([scores, call.extra_scores.to(scores.dtype)], dim=-1)
-        value_states = torch.cat([value_states, call.extra_values.to(value_states.dtype)], dim=2)
+        extra_values = call.extra_values.to(value_states.dtype)
     probs = torch.nn.functional.softmax(scores, dim=-1, dtype=torch.float32)
     if handler is not None:
         handler.probs(call, probs)
     weights = probs.to(query.dtype)
-    weights = torch.nn.functional.dropout(weights, p=dropout, training=module.training)
-    out = torch.matmul(weights, value_states)
+    if dropout and module.training:  # eager's dropout call is the identity otherwise
+        weights = torch.nn.functional.dropout(weights, p=dropout, training=True)
+    if extra_values is None:
+        out = torch.matmul(weights, value_states)
+    else:
+        n_real = value_states.shape[2]
+        out = torch.matmul(weights[..., :n_real], value_states)
+        out = out + torch.matmul(weights[..., n_real:], extra_values)
     return out.transpose(1, 2).contiguous(), weights
 
 
