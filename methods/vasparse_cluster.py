@@ -11,9 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-
-def round_half_up(x: float) -> int:
-    return int(math.floor(x + 0.5))
+from vh_bench.decoding.pruning import round_half_up
 
 
 def cluster_count(m: int, cluster_ratio: float) -> int:

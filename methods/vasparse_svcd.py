@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from methods.vasparse_cluster import round_half_up
+from vh_bench.decoding.pruning import round_half_up
 from vh_bench.decoding.layer_prefix import forward_layers
 from vh_bench.models.llava import LlavaAdapter, ModelInputs
 
