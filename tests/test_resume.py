@@ -169,3 +169,15 @@ def test_cuda_oom_on_a_sample_is_recorded_and_the_run_continues(tmp_path: Path, 
     calls["n"] = 0
     with pytest.raises(torch.cuda.OutOfMemoryError):
         run(compose([*FAST, results_override(tmp_path / "raise"), "runtime.limit=3", "runtime.on_oom=raise"]))
+
+
+def test_torchrun_rank_picks_its_own_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from vh_bench.config import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert resolve_device(compose([]).runtime) == ("cuda:3", "float16")
+    monkeypatch.delenv("LOCAL_RANK")
+    assert resolve_device(compose([]).runtime) == ("cuda", "float16")

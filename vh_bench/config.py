@@ -99,6 +99,9 @@ def resolve_device(runtime: DictConfig) -> tuple[str, str]:
     device = str(runtime.device)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cuda" and "LOCAL_RANK" in os.environ:
+            # torchrun: one GPU per process; each rank is a data shard (runner.shard_of).
+            device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("runtime.device", f"{device!r} requested but CUDA is not available", "use runtime.device=cpu")
     dtype = str(runtime.dtype)
