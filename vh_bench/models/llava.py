@@ -240,9 +240,10 @@ class LlavaAdapter:
 
     # ---- model calls ---------------------------------------------------------------------
     def new_cache(self):
-        from transformers import DynamicCache
+        """A fresh `DynamicCache` whose layers append in place (vh_bench/decoding/kv_cache.py)."""
+        from vh_bench.decoding.kv_cache import GrowingDynamicCache
 
-        return DynamicCache(config=self.config.text_config)
+        return GrowingDynamicCache(config=self.config.text_config)
 
     def forward(
         self,
