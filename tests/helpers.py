@@ -18,6 +18,9 @@ FAST = (
     "runtime.progress=false",
     "generation.max_new_tokens=6",
     "runtime.num_threads=1",
+    # In-process scoring: one NLTK load per pytest process instead of a worker per run
+    # (the worker itself is tested in test_scoring_worker.py).
+    "runtime.scoring_worker=false",
 )
 
 

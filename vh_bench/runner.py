@@ -13,7 +13,6 @@ import logging
 import os
 import resource
 import sys
-import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from vh_bench.models.llava import LlavaAdapter, ModelInputs, check_checkpoint
 from vh_bench.models.templates import resolve_template
 from vh_bench.provenance import device_description, git_commit, library_versions
 from vh_bench.records import GenConfig, Sample
+from vh_bench.scoring_worker import ScoringWorker
 from vh_bench.store import RunStore, atomic_write_json, atomic_write_text, fingerprint
 
 log = logging.getLogger(__name__)
@@ -287,12 +287,19 @@ def _generate_one(p: Plan, adapter: LlavaAdapter, sample: Sample, inputs: Future
     return error, out
 
 
-def score(p: Plan, store: RunStore, samples: list[Sample], facts: dict[str, Any]) -> dict[str, Any]:
+def score(
+    p: Plan, store: RunStore, samples: list[Sample], facts: dict[str, Any], scorer: ScoringWorker | None = None
+) -> dict[str, Any]:
     wanted = {s.sample_id for s in samples}
     rows = [r for r in store.rows() if r["sample_id"] in wanted]
     complete = len(rows) == len(wanted)
     try:
-        metrics = p.dataset.score(rows, selected=wanted) if rows else {}
+        if not rows:
+            metrics = {}
+        elif scorer is not None:
+            metrics = scorer.score(rows, wanted)
+        else:
+            metrics = p.dataset.score(rows, selected=wanted)
     except (ValueError, OSError, KeyError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ScoringError(
@@ -332,24 +339,6 @@ def score(p: Plan, store: RunStore, samples: list[Sample], facts: dict[str, Any]
     return results
 
 
-def _start_scoring_warm_up(dataset: Dataset) -> threading.Thread | None:
-    """Load the scorer's resources (NLTK, ground truth: seconds) on the second core while the model
-    generates. A failure here is only logged: scoring repeats the work and reports it properly."""
-    warm_up = getattr(dataset, "warm_up", None)
-    if not callable(warm_up):
-        return None
-
-    def quietly() -> None:
-        try:
-            warm_up()
-        except Exception as exc:  # noqa: BLE001
-            log.debug("scoring warm-up failed (scoring will retry): %s", exc)
-
-    thread = threading.Thread(target=quietly, name="vh_bench-scoring-warm-up", daemon=True)
-    thread.start()
-    return thread
-
-
 def run(cfg: DictConfig) -> dict[str, Any]:
     p = plan(cfg)
     store = RunStore(p.run_dir)
@@ -367,16 +356,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     atomic_write_json(p.run_dir / "manifest.json", manifest)
     samples = _select_samples(p)
     log.info("run directory %s (%d samples)", p.run_dir, len(samples))
-    warm = _start_scoring_warm_up(p.dataset)
-    try:
-        facts = generate_samples(p, store, samples)
-    except BaseException:
-        atomic_write_json(p.run_dir / "manifest.json", {**manifest, "status": "failed"})
-        raise
-    finally:
-        if warm is not None:
-            warm.join()
-    results = score(p, store, samples, facts)
+    dataset_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)
+    with ScoringWorker(p.dataset, dataset_cfg, enabled=bool(cfg.runtime.scoring_worker)) as scorer:
+        try:
+            facts = generate_samples(p, store, samples)
+        except BaseException:
+            atomic_write_json(p.run_dir / "manifest.json", {**manifest, "status": "failed"})
+            raise
+        results = score(p, store, samples, facts, scorer)
     manifest["status"] = "complete" if results["complete"] else "partial"
     manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     atomic_write_json(p.run_dir / "manifest.json", manifest)

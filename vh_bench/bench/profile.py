@@ -105,6 +105,7 @@ def instrumented(stages: Stages) -> Iterator[None]:
     """Wrap the runner's stages for the duration of the block (restored afterwards)."""
     import vh_bench.runner as runner
     from vh_bench.models.llava import LlavaAdapter
+    from vh_bench.scoring_worker import ScoringWorker
     from vh_bench.store import SampleWriter
 
     original_load = LlavaAdapter.load
@@ -153,6 +154,8 @@ def instrumented(stages: Stages) -> Iterator[None]:
         stack.enter_context(patch("git_commit", stages.wrap("provenance", runner.git_commit)))
         stack.enter_context(patch("library_versions", stages.wrap("provenance", runner.library_versions)))
         stack.enter_context(mock.patch.object(SampleWriter, "write", stages.wrap("store.sample_lines", SampleWriter.write)))
+        # With the scoring worker, what the main process waits for at the end is this call.
+        stack.enter_context(mock.patch.object(ScoringWorker, "score", stages.wrap("scoring", ScoringWorker.score)))
         yield
 
 
@@ -226,7 +229,7 @@ def profile_markdown(b: Mapping[str, Any], setup: Mapping[str, Any]) -> str:
         f" — {_verdict(strict)} the target on a run of this size.",
         *(
             [
-                "- Overlapped with generation on a second thread (the runner's scoring warm-up; not part"
+                "- Overlapped with generation on a worker thread (the next sample's image; not part"
                 " of the wall-time shares above): "
                 + ", ".join(f"{STAGES.get(k, ('', k))[1]} {v:.2f} s" for k, v in sorted(b["background"].items()))
                 + ".",
