@@ -62,8 +62,8 @@ def _cli_overridden_keys(cfg: DictConfig) -> set[str]:
         from hydra.core.hydra_config import HydraConfig
 
         overrides = HydraConfig.get().overrides.task
-    except Exception:  # noqa: BLE001 - not under @hydra.main (tests, scripts)
-        overrides = cfg.get("_overrides_", []) or []
+    except Exception:  # noqa: BLE001 - not under @hydra.main (tests, scripts): no CLI overrides
+        return set()
     keys = set()
     for ov in overrides:
         key = str(ov).split("=", 1)[0].lstrip("+~")

@@ -51,7 +51,6 @@ class Plan:
     dataset: Dataset
     device: str
     dtype: str
-    model_path: str | None
     fingerprint: str
     run_dir: Path
     shard_index: int
@@ -158,7 +157,7 @@ def plan(cfg: DictConfig) -> Plan:
     fp = fingerprint(identity)
     run_dir = results_dir(cfg) / "runs" / str(cfg.model.name) / dataset.name / method.name / fp[:8]
     index, count = shard_of(cfg)
-    return Plan(cfg, gen, method, dataset, device, dtype, None, fp, run_dir, index, count)
+    return Plan(cfg, gen, method, dataset, device, dtype, fp, run_dir, index, count)
 
 
 def _select_samples(p: Plan) -> list[Sample]:

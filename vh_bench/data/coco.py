@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ class CocoCaptions(CaptionDataset):
     num_samples: int | None = None
     sample_seed: int = 0
     name: str = "coco"
+    _ids: list[int] | None = field(default=None, init=False, repr=False, compare=False)
 
     def check(self) -> None:
         d = Path(self.image_dir)
@@ -57,6 +58,13 @@ class CocoCaptions(CaptionDataset):
             raise ConfigError("dataset.chair.gt", f"ground truth {gt} not found", "a GT cache file or COCO annotation dir")
 
     def image_ids(self) -> list[int]:
+        # Listed once: identity, samples, provenance and the ground truth all need it, and without
+        # an id file it is a glob over the whole val2014 folder (40k files).
+        if self._ids is None:
+            self._ids = self._list_image_ids()
+        return list(self._ids)
+
+    def _list_image_ids(self) -> list[int]:
         if self.image_ids_file is not None:
             return read_id_list(Path(self.image_ids_file))
         names = sorted(p.name for p in Path(self.image_dir).glob("COCO_val2014_*.jpg"))
