@@ -14,6 +14,8 @@ export VH_BENCH_NLTK_DATA ?= $(abspath .cache/nltk_data)
 export VH_BENCH_NLTK_SOURCE ?= $(VH_BENCH_SHARED)/nltk_data
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE ?= 1
+# VASparse's fused CPU kernel is compiled on first use and cached here (per source hash and CPU).
+export TORCH_EXTENSIONS_DIR ?= $(abspath .cache/torch_extensions)
 
 STAMP := $(VENV)/.vh_bench-installed
 

@@ -18,6 +18,9 @@ from typing import Any
 import torch
 
 from methods.vasparse_attention import Layout, VASparseLayer, VASparseState, VATSParams
+from methods.vasparse_fused import KERNELS
+from methods.vasparse_fused import load as load_kernel
+from methods.vasparse_fused import resolve as resolve_kernel
 from methods.vasparse_select import NORMALIZE, SCOPES
 from methods.vasparse_svcd import EmbeddingContrast, SparseContrastBranch, draw_image_mask
 from vh_bench.decoding.attention import AttentionController
@@ -121,6 +124,8 @@ class VASparseStepper:
         params = VATSParams(
             method.lam, method.sparsity, vats.scope, vats.normalize, vats.merge, vats.cluster_ratio, vats.knn_k
         )
+        method.resolved_kernel = resolve_kernel(method.kernel, adapter.device, adapter.dtype)
+        kernel = load_kernel() if method.resolved_kernel == "cpu" else None
         self.handlers: dict[int, VASparseLayer] = {}
         saliency_layers = {saliency_layer} if saliency_layer is not None else set()
         for layer in sorted(vats_layers | sap_layers | saliency_layers):
@@ -131,6 +136,7 @@ class VASparseStepper:
                     vats=params if layer in vats_layers else None,
                     sap_beta=float(method.beta) if layer in sap_layers else None,
                     saliency=layer == saliency_layer,
+                    kernel=kernel,
                 ),
             )
         if svcd.enabled and svcd.stop_layer > n:
@@ -214,9 +220,11 @@ class VASparse(Method):
     svcd: SVCDConfig = field(default_factory=SVCDConfig)
     sap: SAPConfig = field(default_factory=SAPConfig)
     record_extras: bool = False
+    kernel: str = "auto"  # auto | cpu | torch: how decode-step attention runs (methods.vasparse_fused)
     name = "vasparse"
 
     def __post_init__(self) -> None:
+        self.resolved_kernel: str | None = None
         self.vats = _block(VATSConfig, self.vats, "method.vats")
         self.svcd = _block(SVCDConfig, self.svcd, "method.svcd")
         self.sap = _block(SAPConfig, self.sap, "method.sap")
@@ -225,7 +233,13 @@ class VASparse(Method):
         hp = {k: getattr(self, k) for k in ("lam", "alpha", "beta", "sparsity")}
         for block in ("vats", "svcd", "sap"):
             hp[block] = asdict(getattr(self, block))
+        # The kernels agree to float rounding, not bit for bit: a different setting is another run.
+        hp["kernel"] = self.kernel
         return hp
+
+    def implementation(self) -> dict[str, Any]:
+        """What ran, for results.json: the kernel `auto` resolved to (None before any generation)."""
+        return {"vasparse_kernel": self.resolved_kernel}
 
     def check(self, gen: GenConfig) -> None:
         super().check(gen)
@@ -239,6 +253,8 @@ class VASparse(Method):
                            ("svcd.final_norm", s.final_norm), ("record_extras", self.record_extras)):  # fmt: skip
             if not isinstance(value, bool):
                 raise ConfigError(f"method.{key}", f"must be true or false, got {value!r}")
+        if self.kernel not in KERNELS:
+            raise ConfigError("method.kernel", f"{self.kernel!r} is not one of {', '.join(KERNELS)}")
         if v.scope not in SCOPES:
             raise ConfigError("method.vats.scope", f"{v.scope!r} is not one of {', '.join(SCOPES)}")
         if v.normalize not in NORMALIZE:

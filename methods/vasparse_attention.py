@@ -12,11 +12,15 @@ Decode step, layer ℓ, explicit path (methods.md §6.5):
   5. softmax, output (done by the attention layer)
   6. â = redistribution of the virtual probabilities to D; c += â; saliency layer appends r
 The real KV cache is only read: virtual keys live for one call.
+
+With `kernel` set (the fused CPU kernel of `methods.vasparse_fused`), a decode step's steps 1–6 run
+in one kernel call per layer (`attend`) instead; the prefill and the `text` scope stay on this path.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -190,11 +194,13 @@ class VASparseLayer(AttentionHandler):
         vats: VATSParams | None,
         sap_beta: float | None,
         saliency: bool,
+        kernel: Any | None = None,
     ) -> None:
         self.state = state
         self.vats = vats
         self.sap_beta = sap_beta
         self.saliency = saliency
+        self.kernel = kernel  # the fused CPU kernel module, or None for the reference path
         self._pending: tuple[torch.Tensor | None, Merge | None] = (None, None)
 
     # -- which path ----------------------------------------------------------------------------
@@ -211,6 +217,45 @@ class VASparseLayer(AttentionHandler):
             self.state.keep_fraction.append(1.0 - n_drop / call.kv_len)  # per VATS call, drops or not
         # A VATS-only layer with nothing to drop this step has nothing to do: plain path.
         return self.sap_beta is not None or self.saliency or n_drop > 0
+
+    # -- steps 1–6 fused ---------------------------------------------------------------------------
+    def attend(self, call: AttnCall, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+        if self.kernel is None or call.mode != "decode" or attention_mask is not None or call.q_len != 1:
+            return None
+        st = self.state
+        n_keys = call.kv_len
+        plan = st.plan(self.vats, n_keys) if self.vats is not None else None
+        m = plan.n_drop if plan is not None else 0
+        if m > 0 and plan.start is None:  # scattered candidates (`text` scope): reference path
+            return None
+        term = None
+        if m > 0:
+            term = st.saliency_term(self.vats, plan, n_keys, call.query.device)
+            term = term[:, 0, :] if term is not None else None  # (R, 1, n) → (R, n), still contiguous
+        acc = None
+        if self.sap_beta is not None:
+            acc = grow(st.c[call.layer], n_keys).contiguous()
+            st.c[call.layer] = acc  # updated in place by the kernel: c += â
+        lay = st.layout
+        out, r_new, a_hat, dropped, w_max = self.kernel.decode(
+            call.query, call.key_states, call.value_states, call.scaling,
+            acc, self.sap_beta or 0.0, term,
+            plan.start if m > 0 else 0, plan.n if plan is not None else 0, m,
+            plan.n_clusters if m > 0 else 0, self.vats.knn_k if self.vats is not None else 1,
+            self.vats is not None and self.vats.normalize == "sum",
+            self.vats is not None and self.vats.merge == "dpc_knn",
+            lay.image_start if self.saliency else 0, lay.n_image if self.saliency else 0,
+            st.trace, st.record and self.sap_beta is not None,
+        )  # fmt: skip
+        if st.trace:
+            st.rows[call.layer], st.dropped[call.layer] = a_hat, (dropped if m > 0 else None)
+        if st.record and self.sap_beta is not None:
+            sink = w_max.mean()
+            st.sink_sum = sink if st.sink_sum is None else st.sink_sum + sink
+            st.sink_calls += 1
+        if self.saliency:
+            st.r = torch.cat([st.r, r_new[:, None]], dim=1)
+        return out
 
     # -- steps 1–4 ------------------------------------------------------------------------------
     def scores(self, call: AttnCall, s: torch.Tensor) -> torch.Tensor | None:

@@ -40,3 +40,5 @@ def test_vasparse_ablation_experiment_writes_one_row_per_ablation(tmp_path: Path
     results = _results(tmp_path)
     assert len(results) == 6 and len({r["fingerprint"] for r in results}) >= 5  # w/o Sᵐ may equal full
     assert {r["method"] for r in results} == {"vasparse"}
+    # `method.kernel=auto` on a CPU in float32: the fused kernel ran, and results.json says so
+    assert {r["implementation"]["vasparse_kernel"] for r in results} == {"cpu"}

@@ -315,6 +315,8 @@ def score(
         "method": p.method.name,
         "method_label": getattr(p.method, "label", p.method.name),
         "hyperparameters": p.method.hyperparameters(),
+        # what a setting such as `auto` resolved to in this process (e.g. VASparse's kernel)
+        "implementation": getattr(p.method, "implementation", dict)(),
         "generation": p.gen.__dict__,
         "prompt_template": resolve_template(str(cfg.model.prompt_template)),
         "seed": int(cfg.runtime.seed),

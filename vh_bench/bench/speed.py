@@ -420,7 +420,12 @@ def run_speed_bench(
     methods = summarise(timings, baseline, peaks)
     for c in contenders:
         if c.name in methods:
-            methods[c.name] = {"label": getattr(c.method, "label", c.name), "hyperparameters": c.method.hyperparameters(), **methods[c.name]}
+            methods[c.name] = {
+                "label": getattr(c.method, "label", c.name),
+                "hyperparameters": c.method.hyperparameters(),
+                "implementation": getattr(c.method, "implementation", dict)(),
+                **methods[c.name],
+            }
     desc = device_description(device)
     result: dict[str, Any] = {
         "setup": {

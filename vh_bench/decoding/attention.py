@@ -168,7 +168,10 @@ class AttentionHandler:
 
     Per call, in this order:
       1. `observe(call)`: read Q/K/V before the output is computed (both paths).
-      2. `explicit(call)`: True → explicit path with 3–4; False → the plain path (sdpa, or eager).
+      2. `explicit(call)`: True → `attend`, else the explicit path with 3–4; False → the plain path
+         (sdpa, or eager).
+      2b. `attend(call, attention_mask)`: the whole output `(rows, q_len, H, d)` from the handler's
+         own (fused) implementation of 3–4, or None (default) for the explicit path.
       3. `scores(call, s)`: `s` is an fp32 copy of `scaling·Q·Kᵀ` before the mask, `(rows, H, q, kv)`.
          Return the modified scores (in-place edits allowed) or None for "unchanged". May call
          `call.add_keys(...)`. A dropped key is best set to `torch.finfo(torch.float32).min`.
@@ -185,6 +188,9 @@ class AttentionHandler:
 
     def explicit(self, call: AttnCall) -> bool:
         return True
+
+    def attend(self, call: AttnCall, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+        return None
 
     def scores(self, call: AttnCall, s: torch.Tensor) -> torch.Tensor | None:
         return None
@@ -487,6 +493,9 @@ def vh_attn(
     call = AttnCall(module, module.layer_idx, ctrl.mode, query, key, value, scaling)
     handler.observe(call)
     if handler.explicit(call):
+        out = handler.attend(call, attention_mask)
+        if out is not None:
+            return out, None  # no attention weights, as from sdpa
         return _explicit(module, query, key, value, attention_mask, scaling, dropout, handler, call)
     if state.backend == "sdpa":
         return sdpa_attention_forward(

@@ -1,0 +1,118 @@
+"""The fused CPU kernel for VASparse's decode-step attention (`methods/kernels/vasparse_decode.cpp`).
+
+`method.kernel` chooses how a decode step's attention runs in the layers VASparse controls:
+  * `torch`: the reference path (`methods.vasparse_attention` on the explicit attention path), any
+    device and dtype;
+  * `cpu`: the fused C++ kernel, float32 on the CPU; an error if it cannot be used or built;
+  * `auto` (default): `cpu` where it applies and builds, else `torch` with a warning. The kernel that
+    ran is recorded in results.json (`implementation`), so a fallback is never silent.
+On a CPU at batch 1 the reference path's ~60 small tensor operations per layer and step cost more in
+dispatch than in arithmetic; the kernel does the same computation in one call (see the .cpp header).
+Prefill, the `text` scope's scattered candidates and masked batches keep the reference path.
+
+The kernel is compiled on first use by `torch.utils.cpp_extension` (a C++ compiler and ninja are
+needed; ~20 s) and cached in `TORCH_EXTENSIONS_DIR` under a name that carries the source hash and
+the CPU's vector extension, so a shared cache never hands one machine another's instructions.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vh_bench.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+KERNELS = ("auto", "cpu", "torch")
+SOURCE = Path(__file__).with_name("kernels") / "vasparse_decode.cpp"
+# Vector extensions per torch CPU capability; FMA contraction stays off (-ffp-contract=off) so every
+# elementwise formula rounds as the reference computes it.
+_ARCH_FLAGS = {
+    "AVX512": ["-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma"],
+    "AVX2": ["-mavx2", "-mfma"],
+}
+
+
+class KernelUnavailable(RuntimeError):
+    """The fused kernel cannot be built or loaded here (reason in the message)."""
+
+
+def _capability() -> str:
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except Exception:  # noqa: BLE001 - older torch: no vector flags
+        return "DEFAULT"
+
+
+def _ninja_on_path() -> None:
+    """torch runs `ninja` from PATH; a venv used without activation has the pip package's binary
+    only in its own bin directory, which the `ninja` module knows."""
+    if shutil.which("ninja"):
+        return
+    try:
+        import ninja
+    except ImportError:
+        return
+    os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, os.environ.get("PATH", "")])
+
+
+@functools.lru_cache(maxsize=1)
+def load() -> Any:
+    """Build (once per source version and CPU capability) and import the kernel module."""
+    _ninja_on_path()
+    try:
+        from torch.utils.cpp_extension import load as load_extension, verify_ninja_availability
+
+        verify_ninja_availability()
+    except Exception as exc:  # noqa: BLE001 - reported as the reason
+        raise KernelUnavailable(f"ninja is not available ({exc}); `pip install ninja`") from exc
+    cap = _capability()
+    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+    name = f"vh_vasparse_decode_{platform.machine()}_{cap.lower()}_{digest}"
+    flags = ["-O3", "-ffp-contract=off", "-fopenmp-simd", *_ARCH_FLAGS.get(cap, [])]
+    log.info("building the VASparse CPU kernel %s (first use only)", name)
+    try:
+        return load_extension(name=name, sources=[str(SOURCE)], extra_cflags=flags, verbose=False)
+    except Exception as exc:  # noqa: BLE001 - compiler errors become one reason line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise KernelUnavailable(f"building {SOURCE.name} failed: {first}") from exc
+
+
+def supported(device: torch.device | str, dtype: torch.dtype) -> bool:
+    return torch.device(device).type == "cpu" and dtype == torch.float32
+
+
+def resolve(kernel: str, device: torch.device | str, dtype: torch.dtype) -> str:
+    """`method.kernel` → the kernel that runs: "cpu" or "torch"."""
+    if kernel not in KERNELS:
+        raise ConfigError("method.kernel", f"{kernel!r} is not one of {', '.join(KERNELS)}")
+    if kernel == "torch":
+        return "torch"
+    if not supported(device, dtype):
+        if kernel == "cpu":
+            raise ConfigError(
+                "method.kernel", f"the cpu kernel runs float32 on the CPU, not {dtype} on {device}", "use auto or torch"
+            )
+        return "torch"
+    try:
+        load()
+    except KernelUnavailable as exc:
+        if kernel == "cpu":
+            raise ConfigError("method.kernel", f"the cpu kernel is unavailable: {exc}", "use torch") from exc
+        _warn_fallback(str(exc))
+        return "torch"
+    return "cpu"
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_fallback(reason: str) -> None:
+    log.warning("VASparse: fused CPU kernel unavailable (%s); using the torch path (method.kernel=torch silences this)", reason)
