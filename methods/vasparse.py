@@ -276,6 +276,10 @@ class VASparse(Method):
         if not _number(s.plausibility) or not 0 <= s.plausibility <= 1:
             raise ConfigError("method.svcd.plausibility", f"must be in [0, 1] (0 disables the cutoff), got {s.plausibility!r}")
 
+    def check_runtime(self, device: str, dtype: torch.dtype) -> None:
+        # `kernel=cpu` off a CPU or float32 fails here; a kernel that must be built is built now.
+        resolve_kernel(self.kernel, device, dtype)
+
     def stepper(self, adapter: LlavaAdapter, inputs: ModelInputs, seeds: SampleSeeds) -> VASparseStepper:
         return VASparseStepper(adapter, inputs, seeds, self)
 

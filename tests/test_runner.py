@@ -82,6 +82,8 @@ def test_outputs_change_the_directory_but_limit_and_paths_do_not(tmp_path: Path)
         (["runtime.limit=0"], "runtime.limit"),
         (["runtime.attn_backend=flash"], "runtime.attn_backend"),
         (["model.prompt_template=no placeholders"], "model.prompt_template"),
+        (["runtime.dtype=float64"], "runtime.dtype"),
+        (["method=vasparse", "method.kernel=cpu", "runtime.dtype=bfloat16"], "method.kernel"),
     ],
 )
 def test_out_of_range_values_name_their_key(tmp_path: Path, no_model_loading: None, overrides: list[str], key: str) -> None:

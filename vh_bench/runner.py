@@ -31,7 +31,7 @@ from vh_bench.decoding.method import Method
 from vh_bench.decoding.seeding import SampleSeeds
 from vh_bench.errors import ConfigError, SampleError, ScoringError
 from vh_bench.metrics.speed import speed_from_rows
-from vh_bench.models.llava import LlavaAdapter, ModelInputs, check_checkpoint
+from vh_bench.models.llava import DTYPES, LlavaAdapter, ModelInputs, check_checkpoint
 from vh_bench.models.templates import resolve_template
 from vh_bench.provenance import device_description, git_commit, library_versions
 from vh_bench.records import GenConfig, Sample
@@ -142,6 +142,9 @@ def plan(cfg: DictConfig) -> Plan:
     if runtime.on_oom not in ("skip", "raise"):
         raise ConfigError("runtime.on_oom", f"{runtime.on_oom!r} is not skip or raise")
     device, dtype = resolve_device(runtime)
+    if dtype not in DTYPES:
+        raise ConfigError("runtime.dtype", f"{dtype!r} is not one of {sorted(DTYPES)} or auto")
+    method.check_runtime(device, DTYPES[dtype])
     if cfg.model.tiny is None:
         check_checkpoint(str(cfg.model.path))
     dataset.check()

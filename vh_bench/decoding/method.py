@@ -45,6 +45,9 @@ class Method:
                 f"{self.name} supports {', '.join(self.strategies)}, not {gen.strategy!r}",
             )
 
+    def check_runtime(self, device: str, dtype: torch.dtype) -> None:
+        """Raise ConfigError for settings this device and dtype cannot run (before the model loads)."""
+
     def stepper(self, adapter: LlavaAdapter, inputs: ModelInputs, seeds: SampleSeeds) -> Stepper:
         raise NotImplementedError
 
