@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from methods.vanilla import Vanilla
-from tests.stepping import TOL, replay, run
+from tests.stepping import TOL, replay, run_method
 from vh_bench.decoding.loop import process_sampling_scores
 from vh_bench.decoding.seeding import SampleSeeds
 from vh_bench.records import GenConfig
@@ -71,10 +71,10 @@ def test_top_k0_top_p1_leave_distribution_untouched():
 def test_sampled_token_probability_is_softmax_of_scores(tiny_adapter, inputs):
     """The first draw is a multinomial over softmax(z): replaying the generator reproduces it."""
     gen = GenConfig(strategy="sample", max_new_tokens=1)
-    res, rec = run(Vanilla(), tiny_adapter, inputs, gen, sample_id="p")
-    probs = rec.steps[0][0].float().softmax(-1).cpu()
+    run = run_method(Vanilla(), tiny_adapter, inputs, gen, sample_id="p")
+    probs = run.z[0][0].float().softmax(-1).cpu()
     g = SampleSeeds(0, "p").torch_generator("sample")
-    assert res.token_ids == [int(torch.multinomial(probs, 1, generator=g))]
+    assert run.tokens == [int(torch.multinomial(probs, 1, generator=g))]
 
 
 def test_kv_cache_equals_full_recompute(tiny_adapter, inputs):
@@ -83,21 +83,21 @@ def test_kv_cache_equals_full_recompute(tiny_adapter, inputs):
     One cache-free forward over prompt + generated tokens yields, by causality, the scores each step
     would get from re-running its own prefix; position L−1+t scored step t.
     """
-    res, rec = run(Vanilla(), tiny_adapter, inputs, GenConfig(max_new_tokens=16))
-    assert len(res.token_ids) == 16
+    run = run_method(Vanilla(), tiny_adapter, inputs, GenConfig(max_new_tokens=16))
+    assert len(run.tokens) == 16
     L = inputs.length
-    ids = torch.cat([inputs.input_ids, torch.tensor([res.token_ids[:-1]])], dim=1)
+    ids = torch.cat([inputs.input_ids, torch.tensor([run.tokens[:-1]])], dim=1)
     with torch.inference_mode():
         out = tiny_adapter.model(input_ids=ids, pixel_values=inputs.pixel_values, use_cache=False, logits_to_keep=0)
     full = out.logits[0, L - 1 :].float()
-    torch.testing.assert_close(full, torch.cat(rec.steps), **TOL)
-    assert full.argmax(-1).tolist() == res.token_ids
+    torch.testing.assert_close(full, torch.cat(run.z), **TOL)
+    assert full.argmax(-1).tolist() == run.tokens
 
 
 def test_beam_reorder_replay_vanilla(tiny_adapter, inputs):
     """Every final beam hypothesis, replayed alone, reproduces the scores the beam loop used."""
-    res, rec = run(Vanilla(), tiny_adapter, inputs, GenConfig(strategy="beam", num_beams=3, max_new_tokens=8))
-    assert res.hypotheses and res.hypotheses[0] == res.token_ids
-    for hyp in res.hypotheses:
+    run = run_method(Vanilla(), tiny_adapter, inputs, GenConfig(strategy="beam", num_beams=3, max_new_tokens=8))
+    assert run.result.hypotheses and run.result.hypotheses[0] == run.tokens
+    for hyp in run.result.hypotheses:
         z, _ = replay(Vanilla(), tiny_adapter, inputs, hyp)
-        torch.testing.assert_close(z, rec.by_prefix[tuple(hyp[:-1])], **TOL)
+        torch.testing.assert_close(z, run.recorder.by_prefix[tuple(hyp[:-1])], **TOL)

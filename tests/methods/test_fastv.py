@@ -8,7 +8,7 @@ import torch
 from methods.fastv import FastV
 from methods.vanilla import Vanilla
 from tests.conftest import tiny_checkpoint
-from tests.stepping import TOL, assert_equivalent, margins_ok, replay, run
+from tests.stepping import TOL, assert_equivalent, margins_ok, replay, run_method
 from vh_bench.config import compose
 from vh_bench.decoding import attention
 from vh_bench.decoding.attention import AttentionController
@@ -25,7 +25,7 @@ SAMPLE = GenConfig(strategy="sample", max_new_tokens=10)
 
 
 def cache_lengths(stepper) -> list[int]:
-    while not hasattr(stepper, "cache"):  # Recorder → ControlledStepper → Branch
+    while not hasattr(stepper, "cache"):  # ControlledStepper → Branch
         stepper = stepper.inner
     cache = stepper.cache
     return [cache.get_seq_length(i) for i in range(len(cache.layers))]
@@ -65,37 +65,37 @@ def test_config_file_carries_every_hyperparameter():
 # ---- equivalences -------------------------------------------------------------------------------
 @pytest.mark.parametrize("gen", [GREEDY, BEAM, SAMPLE], ids=["greedy", "beam3", "sample"])
 def test_ratio0_equals_vanilla(tiny_adapter, inputs, gen):
-    fastv = run(FastV(ratio=0.0), tiny_adapter, inputs, gen)
-    vanilla = run(Vanilla(), tiny_adapter, inputs, gen)
-    assert fastv[1].pruning.dropped.numel() == 0
+    fastv = run_method(FastV(ratio=0.0), tiny_adapter, inputs, gen)
+    vanilla = run_method(Vanilla(), tiny_adapter, inputs, gen)
+    assert fastv.stepper.pruning.dropped.numel() == 0
     assert_equivalent(fastv, vanilla)
 
 
 @pytest.mark.parametrize("gen", [GREEDY, BEAM], ids=["greedy", "beam3"])
 def test_physical_equals_mask(tiny_adapter, inputs, gen):
-    phys = run(FastV(), tiny_adapter, inputs, gen)
-    mask = run(FastV(mode="mask"), tiny_adapter, inputs, gen)
-    assert torch.equal(phys[1].pruning.keep, mask[1].pruning.keep)
-    assert phys[1].pruning.dropped.numel() == 128
+    phys = run_method(FastV(), tiny_adapter, inputs, gen)
+    mask = run_method(FastV(mode="mask"), tiny_adapter, inputs, gen)
+    assert torch.equal(phys.stepper.pruning.keep, mask.stepper.pruning.keep)
+    assert phys.stepper.pruning.dropped.numel() == 128
     assert_equivalent(phys, mask)
-    assert margins_ok(phys[1]) or gen.strategy == "beam"  # the greedy token check must not be vacuous
+    assert margins_ok(phys.z) or gen.strategy == "beam"  # the greedy token check must not be vacuous
     if gen.strategy == "greedy":
-        assert phys[0].token_ids != run(Vanilla(), tiny_adapter, inputs, gen)[0].token_ids  # pruning acts
+        assert phys.tokens != run_method(Vanilla(), tiny_adapter, inputs, gen).tokens  # pruning acts
 
 
 def test_physical_cached_equals_masked_full_recompute(tiny_adapter, inputs):
     """Cached physical decoding = one cache-free forward of prompt + generated, dropped keys masked
     in layers ≥ K (same kept set, no re-ranking)."""
-    res, rec = run(FastV(), tiny_adapter, inputs, GREEDY)
+    run = run_method(FastV(), tiny_adapter, inputs, GREEDY)
     K, L = 2, inputs.length
     ctrl = AttentionController(tiny_adapter.n_layers)
-    ctrl.add_handler(range(K, tiny_adapter.n_layers), DroppedKeyMask(rec.pruning.dropped))
-    ids = torch.cat([inputs.input_ids, torch.tensor([res.token_ids[:-1]])], dim=1)
+    ctrl.add_handler(range(K, tiny_adapter.n_layers), DroppedKeyMask(run.stepper.pruning.dropped))
+    ids = torch.cat([inputs.input_ids, torch.tensor([run.tokens[:-1]])], dim=1)
     with torch.inference_mode(), attention.control(tiny_adapter, ctrl):
         ctrl.mode = "prefill"
         out = tiny_adapter.model(input_ids=ids, pixel_values=inputs.pixel_values, use_cache=False, logits_to_keep=0)
-    torch.testing.assert_close(out.logits[0, L - 1 :].float(), torch.cat(rec.steps), **TOL)
-    assert out.logits[0, L - 1 :].argmax(-1).tolist() == res.token_ids
+    torch.testing.assert_close(out.logits[0, L - 1 :].float(), torch.cat(run.z), **TOL)
+    assert out.logits[0, L - 1 :].argmax(-1).tolist() == run.tokens
 
 
 # ---- cache, positions, ranking ------------------------------------------------------------------
@@ -187,20 +187,21 @@ def test_rank_ties_go_to_lower_position():
 # ---- beams, GQA, 336 px -------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", ["physical", "mask"])
 def test_beam_reorder_replay(tiny_adapter, inputs, mode):
-    res, rec = run(FastV(mode=mode), tiny_adapter, inputs, BEAM)
-    assert res.hypotheses and res.hypotheses[0] == res.token_ids
-    for hyp in res.hypotheses:
+    run = run_method(FastV(mode=mode), tiny_adapter, inputs, BEAM)
+    keep = run.stepper.pruning.keep
+    assert run.result.hypotheses and run.result.hypotheses[0] == run.tokens
+    for hyp in run.result.hypotheses:
         z, stepper = replay(FastV(mode=mode), tiny_adapter, inputs, hyp)
-        torch.testing.assert_close(z, rec.by_prefix[tuple(hyp[:-1])], **TOL)
-        assert torch.equal(stepper.pruning.keep, rec.pruning.keep)
+        torch.testing.assert_close(z, run.recorder.by_prefix[tuple(hyp[:-1])], **TOL)
+        assert torch.equal(stepper.pruning.keep, keep)
         if mode == "physical":
             n = len(hyp) - 1
-            assert cache_lengths(stepper)[2:] == [rec.pruning.keep.numel() + n] * (tiny_adapter.n_layers - 2)
+            assert cache_lengths(stepper)[2:] == [keep.numel() + n] * (tiny_adapter.n_layers - 2)
 
 
 def test_generate_records_the_pruning(tiny_adapter, inputs):
     g = FastV().generate(tiny_adapter, inputs, GREEDY, SampleSeeds(0, "s0"))
-    assert g.token_ids == run(FastV(), tiny_adapter, inputs, GREEDY)[0].token_ids
+    assert g.token_ids == run_method(FastV(), tiny_adapter, inputs, GREEDY).tokens
     assert g.extras == {"n_image": 256, "n_keep_image": 128, "first_pruned_layer": 2}
     assert tiny_adapter.attention_state.controller is None
     assert all(len(layer._forward_pre_hooks) == 0 for layer in tiny_adapter.layers)
@@ -209,18 +210,19 @@ def test_generate_records_the_pruning(tiny_adapter, inputs):
 def test_gqa_physical_equals_mask(test_image, caption_prompt):
     adapter = LlavaAdapter.load(tiny_checkpoint(text_kv_heads=2))
     inputs = adapter.prepare(test_image, caption_prompt)
-    assert_equivalent(run(FastV(), adapter, inputs, GREEDY), run(FastV(mode="mask"), adapter, inputs, GREEDY))
+    phys = run_method(FastV(), adapter, inputs, GREEDY)
+    assert_equivalent(phys, run_method(FastV(mode="mask"), adapter, inputs, GREEDY))
 
 
 def test_shapes_at_336(tiny_adapter_336, test_image, caption_prompt):
     inputs = tiny_adapter_336.prepare(test_image, caption_prompt)
     assert inputs.n_image_tokens == 576
     gen = GenConfig(max_new_tokens=4)
-    phys = run(FastV(), tiny_adapter_336, inputs, gen)
-    assert phys[1].pruning.kept_image.numel() == 288
+    phys = run_method(FastV(), tiny_adapter_336, inputs, gen)
+    assert phys.stepper.pruning.kept_image.numel() == 288
     L = inputs.length
-    assert cache_lengths(phys[1])[1:3] == [L + 3, L - 288 + 3]
-    assert_equivalent(phys, run(FastV(mode="mask"), tiny_adapter_336, inputs, gen))
+    assert cache_lengths(phys.stepper)[1:3] == [L + 3, L - 288 + 3]
+    assert_equivalent(phys, run_method(FastV(mode="mask"), tiny_adapter_336, inputs, gen))
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "explicit"])

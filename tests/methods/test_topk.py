@@ -9,7 +9,7 @@ from methods.fastv import FastV
 from methods.topk import TopK
 from methods.vanilla import Vanilla
 from tests.methods.test_fastv import cache_lengths
-from tests.stepping import assert_equivalent, run
+from tests.stepping import assert_equivalent, run_method
 from vh_bench.config import compose
 from vh_bench.decoding.seeding import SampleSeeds
 from vh_bench.errors import ConfigError
@@ -50,40 +50,40 @@ def test_config_file_carries_every_hyperparameter():
 
 @pytest.mark.parametrize("gen", [GREEDY, BEAM, SAMPLE], ids=["greedy", "beam3", "sample"])
 def test_keep_ratio_1_equals_vanilla(tiny_adapter, inputs, gen):
-    topk = run(TopK(keep_ratio=1.0), tiny_adapter, inputs, gen)
-    assert topk[1].pruning.dropped.numel() == 0
-    assert_equivalent(topk, run(Vanilla(), tiny_adapter, inputs, gen))
+    topk = run_method(TopK(keep_ratio=1.0), tiny_adapter, inputs, gen)
+    assert topk.stepper.pruning.dropped.numel() == 0
+    assert_equivalent(topk, run_method(Vanilla(), tiny_adapter, inputs, gen))
 
 
 @pytest.mark.parametrize("layer", [0, 1])
 def test_equals_fastv_at_k_layer_plus_1(tiny_adapter, inputs, layer):
     """Same machinery, same op sequence: identical tokens and bit-identical scores."""
-    topk = run(TopK(layer=layer, keep_ratio=0.75), tiny_adapter, inputs, GREEDY)
-    fastv = run(FastV(k=layer + 1, ratio=0.25), tiny_adapter, inputs, GREEDY)
-    assert topk[0].token_ids == fastv[0].token_ids
-    assert all(torch.equal(a, b) for a, b in zip(topk[1].steps, fastv[1].steps))
+    topk = run_method(TopK(layer=layer, keep_ratio=0.75), tiny_adapter, inputs, GREEDY)
+    fastv = run_method(FastV(k=layer + 1, ratio=0.25), tiny_adapter, inputs, GREEDY)
+    assert topk.tokens == fastv.tokens
+    assert all(torch.equal(a, b) for a, b in zip(topk.z, fastv.z))
 
 
 @pytest.mark.parametrize("gen", [GREEDY, BEAM], ids=["greedy", "beam3"])
 def test_physical_equals_mask(tiny_adapter, inputs, gen):
-    phys = run(TopK(), tiny_adapter, inputs, gen)
-    mask = run(TopK(mode="mask"), tiny_adapter, inputs, gen)
-    assert phys[1].pruning.dropped.numel() == 64
-    assert torch.equal(phys[1].pruning.keep, mask[1].pruning.keep)
+    phys = run_method(TopK(), tiny_adapter, inputs, gen)
+    mask = run_method(TopK(mode="mask"), tiny_adapter, inputs, gen)
+    assert phys.stepper.pruning.dropped.numel() == 64
+    assert torch.equal(phys.stepper.pruning.keep, mask.stepper.pruning.keep)
     assert_equivalent(phys, mask)
 
 
 def test_cache_lengths(tiny_adapter, inputs):
-    res, rec = run(TopK(), tiny_adapter, inputs, GREEDY)
-    L, t = inputs.length, len(res.token_ids) - 1
-    assert cache_lengths(rec) == [L + t] + [L - 256 + 192 + t] * (tiny_adapter.n_layers - 1)
+    run = run_method(TopK(), tiny_adapter, inputs, GREEDY)
+    L, t = inputs.length, len(run.tokens) - 1
+    assert cache_lengths(run.stepper) == [L + t] + [L - 256 + 192 + t] * (tiny_adapter.n_layers - 1)
 
 
 def test_shapes_at_336(tiny_adapter_336, test_image, caption_prompt):
     inputs = tiny_adapter_336.prepare(test_image, caption_prompt)
     gen = GenConfig(max_new_tokens=4)
-    phys = run(TopK(), tiny_adapter_336, inputs, gen)
-    assert phys[1].pruning.kept_image.numel() == 432
+    phys = run_method(TopK(), tiny_adapter_336, inputs, gen)
+    assert phys.stepper.pruning.kept_image.numel() == 432
     L = inputs.length
-    assert cache_lengths(phys[1])[:2] == [L + 3, L - 576 + 432 + 3]
-    assert_equivalent(phys, run(TopK(mode="mask"), tiny_adapter_336, inputs, gen))
+    assert cache_lengths(phys.stepper)[:2] == [L + 3, L - 576 + 432 + 3]
+    assert_equivalent(phys, run_method(TopK(mode="mask"), tiny_adapter_336, inputs, gen))

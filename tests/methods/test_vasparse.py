@@ -14,14 +14,13 @@ from methods.vasparse import VASparse
 from methods.vasparse_attention import Layout, VASparseLayer, VASparseState, VATSParams
 from methods.vasparse_cluster import dpc_knn
 from methods.vasparse_svcd import draw_image_mask
+from tests.stepping import assert_scores_close, check_beam_replay, gen_config, margins_ok, run_method
 from vh_bench.config import compose
 from vh_bench.decoding.attention import AttnCall
 from vh_bench.decoding.layer_prefix import forward_layers
 from vh_bench.decoding.seeding import SampleSeeds
 from vh_bench.errors import ConfigError
 from vh_bench.runner import build_method
-
-from .stepping import assert_scores_close, check_beam_replay, gen_config, margins_ok, run_method
 
 IDENTITY = dict(sparsity=1.0, lam=0.0, alpha=0.0, beta=0.0)
 ACTIVE_VATS = {"scope": "all"}  # drops from the first decode step (with "generated", only once n ≥ 10)

@@ -7,13 +7,12 @@ import torch
 
 from methods.vanilla import Vanilla
 from methods.vcd import VCD, diffusion_noise, noise_coefficients
+from tests.stepping import assert_scores_close, check_beam_replay, gen_config, margins_ok, run_method
 from vh_bench.config import compose
 from vh_bench.decoding.contrast import contrast_scores, plausibility_cutoff
 from vh_bench.decoding.seeding import SampleSeeds
 from vh_bench.errors import ConfigError
 from vh_bench.runner import build_method
-
-from .stepping import assert_scores_close, check_beam_replay, gen_config, margins_ok, run_method
 
 
 # ---- §3.1 noise -------------------------------------------------------------------------------
