@@ -80,7 +80,7 @@ class HALC(Method):
     exempt_words: list[str] = field(default_factory=lambda: list(EXEMPT_WORDS))
     add_words: list[str] = field(default_factory=lambda: list(ADD_WORDS))
     verify: bool = True
-    view_cache_size: int = 2  # FOV KV caches kept per sample (0 = fresh batched prefill each time)
+    view_cache_size: int = 0  # §7.6 retains no view cache; N > 0 keeps N per sample (an option)
     aux_cache_dir: str | None = None  # where `random:*` checkpoints are built; not an output setting
 
     strategies = ("greedy",)

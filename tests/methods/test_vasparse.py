@@ -31,7 +31,7 @@ def inputs_x(tiny_adapter_explicit, test_image, caption_prompt):
     return tiny_adapter_explicit.prepare(test_image, caption_prompt)
 
 
-def assert_equivalent(a, b) -> None:
+def assert_same_generation(a, b) -> None:
     """'Equals' across numerically different paths: same tokens (if margins allow), scores close."""
     if margins_ok(b.z):
         assert a.tokens == b.tokens
@@ -103,7 +103,7 @@ def test_merge_with_singleton_clusters_equals_keeping_every_key(tiny_adapter, in
 
     merged = run("merged", sparsity=0.2, vats={**ACTIVE_VATS, "cluster_ratio": 1.0})
     kept = run("kept", sparsity=1.0, vats=ACTIVE_VATS)
-    assert_equivalent(merged, kept)
+    assert_same_generation(merged, kept)
     # Control: dropping the same keys without merging moves the logits far beyond the tolerance.
     run("dropped", sparsity=0.2, vats={**ACTIVE_VATS, "merge": "none"})
     assert max(float((x - y).abs().max()) for x, y in zip(logits["dropped"], logits["kept"])) > 1e-2
