@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -214,3 +215,14 @@ def test_resolution_rules(monkeypatch, caplog):
     with pytest.raises(ConfigError) as exc:
         vasparse_fused.resolve("cpu", "cpu", torch.float32)
     assert "no compiler here" in str(exc.value)
+
+
+def test_ninja_from_the_venv_is_found_without_activation(monkeypatch):
+    # `make` runs .venv/bin/python without activating the venv: the pip package's ninja binary is
+    # not on PATH then, and torch's extension builder only looks there.
+    import ninja  # a declared dependency: its absence must fail, not skip
+
+    monkeypatch.setattr(vasparse_fused.shutil, "which", lambda name: None)
+    monkeypatch.setenv("PATH", "/nowhere")
+    vasparse_fused._ninja_on_path()
+    assert os.environ["PATH"].split(os.pathsep)[0] == ninja.BIN_DIR
