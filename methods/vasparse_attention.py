@@ -71,6 +71,20 @@ class StepPlan:
     n_clusters: int  # c (0 when nothing is dropped)
 
 
+@dataclass(frozen=True)
+class KernelArgs:
+    """VATS arguments of one decode step for the fused kernel."""
+
+    start: int  # first candidate (contiguous candidates)
+    n: int  # candidates
+    n_drop: int  # m
+    n_clusters: int  # c
+    term: torch.Tensor | None  # λ·B of δ, (R, n) contiguous; None for λ = 0 or nothing dropped
+
+
+NO_VATS = KernelArgs(0, 0, 0, 0, None)
+
+
 class VASparseState:
     """Per-row state shared by the layers of one generation; dim 0 is rows (beams)."""
 
@@ -85,6 +99,10 @@ class VASparseState:
         self._step_keys = -1
         self._plans: dict[tuple[VATSParams, int], StepPlan] = {}
         self._terms: dict[tuple[VATSParams, int, str], torch.Tensor | None] = {}
+        # The last plan and kernel arguments, found by identity: every layer of a step asks for the
+        # same `params` object, and hashing the dataclass on each call costs more than the lookup.
+        self._last_plan: tuple[VATSParams, int, StepPlan] | None = None
+        self._kernel_args: tuple[VATSParams, int, KernelArgs | None] | None = None
         # diagnostics
         self.trace = trace  # keep each layer's last â row and dropped set (tests)
         self.rows: dict[int, torch.Tensor] = {}
@@ -101,6 +119,7 @@ class VASparseState:
         self.c = {k: v.repeat_interleave(n, dim=0) for k, v in self.c.items()}
         self._p = None
         self._terms = {}
+        self._kernel_args = None  # holds a term computed from the old rows
 
     def reorder(self, beam_idx: torch.Tensor) -> None:
         if self.r is not None:
@@ -108,6 +127,7 @@ class VASparseState:
         self.c = {k: v.index_select(0, beam_idx.to(v.device)) for k, v in self.c.items()}
         self._p = None
         self._terms = {}
+        self._kernel_args = None
 
     # shared per-step quantities
     def saliency(self, n_keys: int) -> torch.Tensor:
@@ -137,6 +157,9 @@ class VASparseState:
 
     def plan(self, params: VATSParams, n_keys: int) -> StepPlan:
         """Candidates and counts of this step for `params` (host values, once per step)."""
+        last = self._last_plan
+        if last is not None and last[0] is params and last[1] == n_keys:
+            return last[2]
         self._new_step(n_keys)
         key = (params, n_keys)
         plan = self._plans.get(key)
@@ -155,7 +178,27 @@ class VASparseState:
                 n_clusters=cluster_count(m, params.cluster_ratio) if m > 0 else 0,
             )
             self._plans[key] = plan
+        self._last_plan = (params, n_keys, plan)
         return plan
+
+    def kernel_args(self, params: VATSParams, n_keys: int, device: torch.device) -> KernelArgs | None:
+        """The VATS arguments of the fused kernel for this step, shared by its layers; None when the
+        candidates are scattered (`text` scope), which the kernel does not take."""
+        last = self._kernel_args
+        if last is not None and last[0] is params and last[1] == n_keys:
+            return last[2]
+        plan = self.plan(params, n_keys)
+        m = plan.n_drop
+        args: KernelArgs | None
+        if m == 0:
+            args = KernelArgs(0, plan.n, 0, 0, None)
+        elif plan.start is None:
+            args = None
+        else:
+            term = self.saliency_term(params, plan, n_keys, device)
+            args = KernelArgs(plan.start, plan.n, m, plan.n_clusters, None if term is None else term[:, 0, :])
+        self._kernel_args = (params, n_keys, args)
+        return args
 
     def saliency_term(self, params: VATSParams, plan: StepPlan, n_keys: int, device: torch.device) -> torch.Tensor | None:
         """λ·B of δ at the candidates, `(R, 1, n)`, shared by every VATS layer and head of this step.
@@ -201,6 +244,15 @@ class VASparseLayer(AttentionHandler):
         self.sap_beta = sap_beta
         self.saliency = saliency
         self.kernel = kernel  # the fused CPU kernel module, or None for the reference path
+        lay = state.layout
+        self._kernel_static = (  # the kernel's per-layer constants
+            vats.knn_k if vats is not None else 1,
+            vats is not None and vats.normalize == "sum",
+            vats is not None and vats.merge == "dpc_knn",
+            sap_beta if sap_beta is not None else 0.0,
+            lay.image_start if saliency else 0,
+            lay.n_image if saliency else 0,
+        )
         self._pending: tuple[torch.Tensor | None, Merge | None] = (None, None)
 
     # -- which path ----------------------------------------------------------------------------
@@ -224,32 +276,22 @@ class VASparseLayer(AttentionHandler):
             return None
         st = self.state
         n_keys = call.kv_len
-        plan = st.plan(self.vats, n_keys) if self.vats is not None else None
-        m = plan.n_drop if plan is not None else 0
-        if m > 0 and plan.start is None:  # scattered candidates (`text` scope): reference path
+        args = NO_VATS if self.vats is None else st.kernel_args(self.vats, n_keys, call.query.device)
+        if args is None:  # scattered candidates (`text` scope): reference path
             return None
-        term = None
-        if m > 0:
-            term = st.saliency_term(self.vats, plan, n_keys, call.query.device)
-            term = term[:, 0, :] if term is not None else None  # (R, 1, n) → (R, n), still contiguous
         acc = None
         if self.sap_beta is not None:
             acc = grow(st.c[call.layer], n_keys).contiguous()
             st.c[call.layer] = acc  # updated in place by the kernel: c += â
-        lay = st.layout
+        knn_k, normalize_sum, merge, beta, image_start, n_image = self._kernel_static
         out, r_new, a_hat, dropped, w_max = self.kernel.decode(
-            call.query, call.key_states, call.value_states, call.scaling,
-            acc, self.sap_beta or 0.0, term,
-            plan.start if m > 0 else 0, plan.n if plan is not None else 0, m,
-            plan.n_clusters if m > 0 else 0, self.vats.knn_k if self.vats is not None else 1,
-            self.vats is not None and self.vats.normalize == "sum",
-            self.vats is not None and self.vats.merge == "dpc_knn",
-            lay.image_start if self.saliency else 0, lay.n_image if self.saliency else 0,
-            st.trace, st.record and self.sap_beta is not None,
+            call.query, call.key_states, call.value_states, call.scaling, acc, beta, args.term,
+            args.start, args.n, args.n_drop, args.n_clusters, knn_k, normalize_sum, merge,
+            image_start, n_image, st.trace, st.record and acc is not None,
         )  # fmt: skip
         if st.trace:
-            st.rows[call.layer], st.dropped[call.layer] = a_hat, (dropped if m > 0 else None)
-        if st.record and self.sap_beta is not None:
+            st.rows[call.layer], st.dropped[call.layer] = a_hat, (dropped if args.n_drop > 0 else None)
+        if st.record and acc is not None:
             sink = w_max.mean()
             st.sink_sum = sink if st.sink_sum is None else st.sink_sum + sink
             st.sink_calls += 1

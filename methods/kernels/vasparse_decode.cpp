@@ -1,21 +1,19 @@
 // VASparse decode-step attention of one decoder layer, fused for the CPU (methods.md §6.5).
 //
 // The same computation as the torch reference path (methods/vasparse_attention.py + the explicit
-// path of vh_bench/decoding/attention.py), with the ~60 small tensor operations per layer that the
-// reference dispatches from Python (on a CPU at batch 1 that dispatch costs more than the
-// arithmetic) replaced by one call. The dense parts are the reference's own ATen operations, called
-// from C++; the selection, merge and penalty, which are small per-head work, are plain loops:
-//   1. s = matmul(q, Kᵀ) · scaling                               (ATen, as the reference)
-//   2. per (row, head), loops: VATS, eq. (4)–(5): δ_i = A_i + λB_i on the raw s; the m = n − n_keep
-//      smallest δ (ties: the later position first) form D; DPC-kNN groups D into c clusters;
-//      K̄, V̄ = ω-weighted averages, s̄ = scaling · q·K̄. SAP, eq. (7), with w = softmax(c_acc)
-//      (ATen): s ← s·(1+β−βw), s̄ ← s̄·(1+β−βw̄), w̄ = Σ ω_i w_{D_i}. Then s[D] = finfo(float).min
-//   3. p = softmax([s, s̄]); out = p·V + p̄·V̄                     (ATen, as the reference)
-//   4. â = p with dropped key i given p̄_{c(i)}·ω_i (loop); c_acc += â; saliency
-//      mean_h Σ_{k∈image} â_k                                      (ATen, as the reference)
+// path of vh_bench/decoding/attention.py), one (row, head) at a time instead of ~60 small tensor
+// operations per layer: on a CPU each of those costs microseconds of dispatch, which at batch 1
+// is more than the arithmetic. Per (row r, head h), with N keys, candidates [start, start + n):
+//   1. s_j = scaling · q·K_j                                  (fp32, before any mask)
+//   2. VATS, eq. (4)–(5): δ_i = A_i + λB_i on the raw s; the m = n − n_keep smallest δ (ties: the
+//      later position first) form D; DPC-kNN groups D into c clusters; K̄, V̄ = ω-weighted averages,
+//      s̄ = scaling · q·K̄
+//   3. SAP, eq. (7): w = softmax(c_acc); s ← s·(1+β−βw), s̄ ← s̄·(1+β−βw̄), w̄ = Σ ω_i w_{D_i}
+//   4. s[D] = finfo(float).min; softmax over [s, s̄]; out = p·V + p̄·V̄
+//   5. â: p, with dropped key i given p̄_{c(i)}·ω_i; c_acc += â; saliency: mean_h Σ_{k∈image} â_k
 // Tie rules, clamps and the operation order of every elementwise formula follow the reference, so
-// the two agree to float rounding (δ's normalising sum, s̄ and V̄ are accumulated in another order);
-// tests/methods/test_vasparse_fused.py compares them call by call and token by token.
+// the two agree to float rounding (dot products and softmax sums are accumulated in another order);
+// tests/methods/test_vasparse_fused.py compares them layer by layer and token by token.
 // Built by methods/vasparse_fused.py with -ffp-contract=off: no fused multiply-add may change the
 // rounding of a formula the reference computes as separate operations.
 
@@ -25,6 +23,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 #include <numeric>
 #include <vector>
@@ -52,6 +52,47 @@ inline float dot(const float* a, const float* b, int64_t d) {
 #pragma omp simd reduction(+ : acc)
   for (int64_t i = 0; i < d; ++i) acc += a[i] * b[i];
   return acc;
+}
+
+// exp(x) for x ≤ 0 (softmax after subtracting the maximum), in a loop the compiler vectorises:
+// std::exp is a scalar call, and two softmaxes per head and step made it most of the kernel's time.
+// Cody–Waite reduction x = k·ln2 + r, |r| ≤ ln2/2, and the degree-7 Taylor polynomial of e^r
+// (truncation < 6e-9, under one float ulp); x < −87 (where e^x leaves the normal floats) gives 0,
+// like a denormal-flushing CPU; −inf gives 0 and NaN stays NaN.
+void exp_nonpositive(const float* x, float* y, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    const float vc = v < -87.f ? -87.f : v;
+    const float k = (vc * 1.44269504088896341f + 12582912.f) - 12582912.f;  // round to nearest
+    float r = vc - k * 0.693145751953125f;                                  // ln2, high part (exact k·hi)
+    r = r - k * 1.428606765330187045e-06f;                                  // ln2, low part
+    float p = 1.f / 5040.f;
+    p = p * r + 1.f / 720.f;
+    p = p * r + 1.f / 120.f;
+    p = p * r + 1.f / 24.f;
+    p = p * r + 1.f / 6.f;
+    p = p * r + 0.5f;
+    p = p * r + 1.f;
+    p = p * r + 1.f;
+    const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;  // 2^k, k ∈ [−126, 0]
+    float scale;
+    std::memcpy(&scale, &bits, sizeof scale);
+    y[i] = v < -87.f ? 0.f : p * scale;
+  }
+}
+
+// softmax of x[0, n) into out (may alias x): exp(x − max) / Σ
+void softmax(const float* x, float* out, int64_t n) {
+  float mx = -kInf;
+  for (int64_t j = 0; j < n; ++j) mx = std::max(mx, x[j]);
+  for (int64_t j = 0; j < n; ++j) out[j] = x[j] - mx;
+  exp_nonpositive(out, out, n);
+  float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < n; ++j) sum += out[j];
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) out[j] = out[j] / sum;
 }
 
 // "a is dropped before b" for VATS (a strict total order): smaller δ first, NaN last (a descending
@@ -127,24 +168,24 @@ void dpc_knn(const float* x, int64_t m, int64_t d, int64_t c, int64_t knn_k, int
   for (int64_t j = 0; j < c; ++j) assign[centres[j]] = j;
 }
 
-struct Scratch {  // per (row, head) results the later steps need
-  int64_t* drop;     // (m) dropped key positions, ascending
-  int64_t* assign;   // (m) cluster of each dropped key
-  float* omega;      // (m) ω_i
-};
-
-// Step 2 for one (row, head): `row` holds this head's N scaled scores followed by c free slots.
-void select_merge_penalise(const Layer& L, const float* q, const float* K, const float* V, int64_t k_stride,
-                           int64_t v_stride, const float* term, const float* w, float* row, float* k_bar,
-                           float* v_bar, const Scratch& out) {
+// One (row, head). Pointers are to this row/head's data; K (V) rows are `k_stride` (`v_stride`) floats apart.
+void one_head(const Layer& L, const float* q, const float* K, const float* V, int64_t k_stride,
+              int64_t v_stride, const float* term, float* acc, float* out, float* a_hat_out, int64_t* dropped_out,
+              float* image_sum, float* w_max) {
   const int64_t N = L.n_keys, d = L.dim, m = L.n_drop;
   const int64_t c = m > 0 && L.merge ? L.n_clusters : 0;
+  std::vector<float> s(N + c);
+  for (int64_t j = 0; j < N; ++j) s[j] = dot(q, K + j * k_stride, d) * L.scaling;
+
+  // 2. VATS
+  std::vector<int64_t> drop(m), assign(m);
+  std::vector<float> omega(m), k_bar(c * d, 0.f), v_bar(c * d, 0.f);
   if (m > 0) {
     const int64_t n = L.n_cand;
     std::vector<float> delta(n);
     float total = 0.f;
     for (int64_t i = 0; i < n; ++i) {
-      const float v = row[L.start + i];
+      const float v = s[L.start + i];
       delta[i] = v * v;
       total += delta[i];
     }
@@ -160,53 +201,87 @@ void select_merge_penalise(const Layer& L, const float* q, const float* K, const
     std::sort(idx.begin(), idx.begin() + m);  // D ascending by position
     std::vector<float> d_drop(m);
     for (int64_t i = 0; i < m; ++i) {
-      out.drop[i] = L.start + idx[i];
+      drop[i] = L.start + idx[i];
       d_drop[i] = delta[idx[i]];
     }
     if (c > 0) {
       std::vector<float> k_drop(m * d);
-      for (int64_t i = 0; i < m; ++i) std::copy_n(K + out.drop[i] * k_stride, d, k_drop.data() + i * d);
+      for (int64_t i = 0; i < m; ++i) std::copy_n(K + drop[i] * k_stride, d, k_drop.data() + i * d);
       if (c == 1) {
-        std::fill_n(out.assign, m, 0);
+        std::fill(assign.begin(), assign.end(), 0);
       } else if (c == m) {  // singletons: every point is a centre
-        std::iota(out.assign, out.assign + m, 0);
+        std::iota(assign.begin(), assign.end(), 0);
       } else {
-        dpc_knn(k_drop.data(), m, d, c, L.knn_k, out.assign);
+        dpc_knn(k_drop.data(), m, d, c, L.knn_k, assign.data());
       }
       // ω_i = δ_i / Σ_cluster δ, uniform when that sum is 0 (merge_clusters)
       std::vector<float> sums(c, 0.f), sizes(c, 0.f);
       for (int64_t i = 0; i < m; ++i) {
-        sums[out.assign[i]] += d_drop[i];
-        sizes[out.assign[i]] += 1.f;
+        sums[assign[i]] += d_drop[i];
+        sizes[assign[i]] += 1.f;
       }
       for (int64_t i = 0; i < m; ++i) {
-        const float sum = sums[out.assign[i]];
-        out.omega[i] = sum > 0.f ? d_drop[i] / std::max(sum, 1e-30f) : 1.f / sizes[out.assign[i]];
+        const float sum = sums[assign[i]];
+        omega[i] = sum > 0.f ? d_drop[i] / std::max(sum, 1e-30f) : 1.f / sizes[assign[i]];
       }
-      std::fill_n(k_bar, c * d, 0.f);
-      std::fill_n(v_bar, c * d, 0.f);
       for (int64_t i = 0; i < m; ++i) {
-        float* kb = k_bar + out.assign[i] * d;
-        float* vb = v_bar + out.assign[i] * d;
+        float* kb = k_bar.data() + assign[i] * d;
+        float* vb = v_bar.data() + assign[i] * d;
         const float* kd = k_drop.data() + i * d;
-        const float* vd = V + out.drop[i] * v_stride;
+        const float* vd = V + drop[i] * v_stride;
         for (int64_t t = 0; t < d; ++t) {
-          kb[t] += out.omega[i] * kd[t];
-          vb[t] += out.omega[i] * vd[t];
+          kb[t] += omega[i] * kd[t];
+          vb[t] += omega[i] * vd[t];
         }
       }
-      for (int64_t j = 0; j < c; ++j) row[N + j] = dot(q, k_bar + j * d, d) * L.scaling;
+      for (int64_t j = 0; j < c; ++j) s[N + j] = dot(q, k_bar.data() + j * d, d) * L.scaling;
     }
   }
-  if (w != nullptr) {  // SAP; the current key's accumulator entry is 0 (grown by the caller)
-    for (int64_t j = 0; j < N; ++j) row[j] = row[j] * (L.one_plus_beta - L.beta * w[j]);
+
+  // 3. SAP: the current key's accumulator entry is 0 (grown by the caller)
+  if (L.sap) {
+    std::vector<float> w(N);
+    softmax(acc, w.data(), N);
+    for (int64_t j = 0; j < N; ++j) s[j] = s[j] * (L.one_plus_beta - L.beta * w[j]);
     if (c > 0) {
       std::vector<float> w_bar(c, 0.f);
-      for (int64_t i = 0; i < m; ++i) w_bar[out.assign[i]] += out.omega[i] * w[out.drop[i]];
-      for (int64_t j = 0; j < c; ++j) row[N + j] = row[N + j] * (L.one_plus_beta - L.beta * w_bar[j]);
+      for (int64_t i = 0; i < m; ++i) w_bar[assign[i]] += omega[i] * w[drop[i]];
+      for (int64_t j = 0; j < c; ++j) s[N + j] = s[N + j] * (L.one_plus_beta - L.beta * w_bar[j]);
     }
+    if (w_max != nullptr) *w_max = *std::max_element(w.begin(), w.end());
   }
-  for (int64_t i = 0; i < m; ++i) row[out.drop[i]] = kDropped;
+
+  // 4. mask D, softmax over real and virtual keys, output
+  for (int64_t i = 0; i < m; ++i) s[drop[i]] = kDropped;
+  softmax(s.data(), s.data(), N + c);
+  std::fill_n(out, d, 0.f);
+  for (int64_t j = 0; j < N; ++j) {
+    const float p = s[j];  // no skip of p = 0: a non-finite value row must poison the output as in p·V
+    const float* vj = V + j * v_stride;
+#pragma omp simd
+    for (int64_t t = 0; t < d; ++t) out[t] += p * vj[t];
+  }
+  if (c > 0) {
+    std::vector<float> extra(d, 0.f);
+    for (int64_t j = 0; j < c; ++j) {
+      const float p = s[N + j];
+      for (int64_t t = 0; t < d; ++t) extra[t] += p * v_bar[j * d + t];
+    }
+    for (int64_t t = 0; t < d; ++t) out[t] = out[t] + extra[t];
+  }
+
+  // 5. â (the real columns with the virtual mass handed back), accumulators, saliency
+  if (c > 0)
+    for (int64_t i = 0; i < m; ++i) s[drop[i]] = s[N + assign[i]] * omega[i];
+  if (L.sap)
+    for (int64_t j = 0; j < N; ++j) acc[j] = acc[j] + s[j];
+  if (image_sum != nullptr) {
+    float sum = 0.f;
+    for (int64_t k = L.image_start; k < L.image_start + L.n_image; ++k) sum += s[k];
+    *image_sum = sum;
+  }
+  if (a_hat_out != nullptr) std::copy_n(s.data(), N, a_hat_out);
+  if (dropped_out != nullptr) std::copy_n(drop.data(), m, dropped_out);
 }
 
 void check_f32(const at::Tensor& t, const char* name) {
@@ -229,7 +304,8 @@ std::vector<at::Tensor> decode(const at::Tensor& q, const at::Tensor& k, const a
   check_f32(v, "value");
   TORCH_CHECK(q.dim() == 4 && q.size(2) == 1, "query must be (rows, heads, 1, dim)");
   TORCH_CHECK(k.dim() == 4 && v.sizes() == k.sizes(), "key and value must be (rows, kv_heads, keys, dim)");
-  TORCH_CHECK(k.stride(3) == 1 && v.stride(3) == 1, "key and value need unit stride in the last dimension");
+  TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1,
+              "query, key and value need unit stride in the last dimension");
   const int64_t R = q.size(0), H = q.size(1), d = q.size(3), N = k.size(2), H_kv = k.size(1);
   TORCH_CHECK(k.size(0) == R && k.size(3) == d && H % H_kv == 0, "query and key shapes disagree");
   TORCH_CHECK(n_drop >= 0 && n_drop <= n_cand && start >= 0 && start + n_cand <= N - 1, "bad VATS candidates");
@@ -247,69 +323,44 @@ std::vector<at::Tensor> decode(const at::Tensor& q, const at::Tensor& k, const a
     TORCH_CHECK(term->is_contiguous() && term->dim() == 2 && term->size(0) == R && term->size(1) == n_cand,
                 "saliency term must be contiguous (rows, candidates)");
   }
-  const int64_t g = H / H_kv, m = n_drop, c = merge && m > 0 ? n_clusters : 0;
-  Layer L{N, d, H, g, static_cast<float>(scaling), start, n_cand, m, n_clusters, knn_k,
+  Layer L{N, d, H, H / H_kv, static_cast<float>(scaling), start, n_cand, n_drop, n_clusters, knn_k,
           normalize_sum, merge, sap, static_cast<float>(beta), static_cast<float>(1.0 + beta), image_start, n_image};
-  auto f32 = q.options();
 
-  // 1. scaled scores; the g query heads of a key/value head share its K (no repeated copy)
-  at::Tensor qc = q.contiguous();
-  at::Tensor scores = at::matmul(qc.view({R, H_kv, g, d}), k.transpose(2, 3)).mul_(scaling);  // (R, H_kv, g, N)
-  at::Tensor full = scores.view({R, H, N});
-  if (c > 0) {  // room for the virtual keys' scores
-    full = at::empty({R, H, N + c}, f32);
-    full.narrow(2, 0, N).copy_(scores.view({R, H, N}));
+  auto f32 = q.options();
+  at::Tensor out = at::empty({R, 1, H, d}, f32);
+  at::Tensor image_sums = n_image > 0 ? at::empty({R, H}, f32) : at::Tensor();
+  at::Tensor a_hat = trace ? at::empty({R, H, N}, f32) : at::Tensor();
+  at::Tensor dropped = trace ? at::empty({R, H, n_drop}, f32.dtype(at::kLong)) : at::Tensor();
+  at::Tensor w_max = record && sap ? at::empty({R, H}, f32) : at::Tensor();
+
+  const float* qp = q.data_ptr<float>();
+  const float* kp = k.data_ptr<float>();
+  const float* vp = v.data_ptr<float>();
+  float* accp = sap ? acc->data_ptr<float>() : nullptr;
+  const float* tp = has_term ? term->data_ptr<float>() : nullptr;
+  at::parallel_for(0, R * H, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t rh = begin; rh < end; ++rh) {
+      const int64_t r = rh / H, h = rh % H, g = h / L.groups;
+      one_head(L, qp + r * q.stride(0) + h * q.stride(1), kp + r * k.stride(0) + g * k.stride(1),
+               vp + r * v.stride(0) + g * v.stride(1), k.stride(2), v.stride(2), tp ? tp + r * n_cand : nullptr,
+               accp ? accp + rh * N : nullptr, out.data_ptr<float>() + (r * H + h) * d,
+               trace ? a_hat.data_ptr<float>() + rh * N : nullptr,
+               trace ? dropped.data_ptr<int64_t>() + rh * n_drop : nullptr,
+               n_image > 0 ? image_sums.data_ptr<float>() + rh : nullptr,
+               w_max.defined() ? w_max.data_ptr<float>() + rh : nullptr);
+    }
+  });
+  at::Tensor saliency;
+  if (n_image > 0) {  // mean over heads of Σ_{k∈image} â_k, as `a_hat[..., img].sum(-1).mean(1)`
+    saliency = at::empty({R}, f32);
+    const float* is = image_sums.data_ptr<float>();
+    for (int64_t r = 0; r < R; ++r) {
+      float sum = 0.f;
+      for (int64_t h = 0; h < H; ++h) sum += is[r * H + h];
+      saliency.data_ptr<float>()[r] = sum / static_cast<float>(H);
+    }
   }
-  // 2. selection, merge, penalty: small per-head work
-  const bool per_head = m > 0 || sap;
-  at::Tensor w = sap ? at::softmax(*acc, -1) : at::Tensor();  // sink weights, eq. (7)
-  at::Tensor drop = at::empty({R, H, m}, f32.dtype(at::kLong));
-  at::Tensor assign = at::empty({R, H, m}, f32.dtype(at::kLong));
-  at::Tensor omega = at::empty({R, H, m}, f32);
-  at::Tensor k_bar = c > 0 ? at::empty({R, H, c, d}, f32) : at::Tensor();
-  at::Tensor v_bar = c > 0 ? at::empty({R, H, c, d}, f32) : at::Tensor();
-  if (per_head) {
-    const float* qp = qc.data_ptr<float>();
-    const float* kp = k.data_ptr<float>();
-    const float* vp = v.data_ptr<float>();
-    const float* tp = has_term ? term->data_ptr<float>() : nullptr;
-    const float* wp = sap ? w.data_ptr<float>() : nullptr;
-    float* fp = full.data_ptr<float>();
-    at::parallel_for(0, R * H, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t rh = begin; rh < end; ++rh) {
-        const int64_t r = rh / H, h = rh % H, kv = h / g;
-        Scratch sc{drop.data_ptr<int64_t>() + rh * m, assign.data_ptr<int64_t>() + rh * m,
-                   omega.data_ptr<float>() + rh * m};
-        select_merge_penalise(L, qp + rh * d, kp + r * k.stride(0) + kv * k.stride(1),
-                              vp + r * v.stride(0) + kv * v.stride(1), k.stride(2), v.stride(2),
-                              tp ? tp + r * n_cand : nullptr, wp ? wp + rh * N : nullptr, fp + rh * (N + c),
-                              c > 0 ? k_bar.data_ptr<float>() + rh * c * d : nullptr,
-                              c > 0 ? v_bar.data_ptr<float>() + rh * c * d : nullptr, sc);
-      }
-    });
-  }
-  // 3. probabilities and output, in the reference's order: p_real·V + p_virtual·V̄
-  at::Tensor p = at::softmax(full, -1);
-  at::Tensor real = p.narrow(2, 0, N);
-  at::Tensor out = at::matmul(real.view({R, H_kv, g, N}), v).view({R, H, 1, d});
-  if (c > 0) out = out + at::matmul(p.narrow(2, N, c).unsqueeze(2), v_bar);
-  // 4. â: the virtual probability handed back to the dropped keys it merged
-  at::Tensor a_hat = real;
-  if (c > 0) {
-    a_hat = real.contiguous();
-    float* ap = a_hat.data_ptr<float>();
-    const float* pp = p.data_ptr<float>();
-    const int64_t* dp = drop.data_ptr<int64_t>();
-    const int64_t* cp = assign.data_ptr<int64_t>();
-    const float* op = omega.data_ptr<float>();
-    for (int64_t rh = 0; rh < R * H; ++rh)
-      for (int64_t i = 0; i < m; ++i)
-        ap[rh * N + dp[rh * m + i]] = pp[rh * (N + c) + N + cp[rh * m + i]] * op[rh * m + i];
-  }
-  if (sap) acc->add_(a_hat);
-  at::Tensor saliency = n_image > 0 ? a_hat.narrow(2, image_start, n_image).sum(-1).mean(1) : at::Tensor();
-  return {out.view({R, 1, H, d}), saliency, trace ? a_hat.contiguous() : at::Tensor(), trace ? drop : at::Tensor(),
-          record && sap ? std::get<0>(w.max(-1)) : at::Tensor()};
+  return {out, saliency, a_hat, dropped, w_max};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
