@@ -12,8 +12,9 @@
 //   4. s[D] = finfo(float).min; softmax over [s, s̄]; out = p·V + p̄·V̄
 //   5. â: p, with dropped key i given p̄_{c(i)}·ω_i; c_acc += â; saliency: mean_h Σ_{k∈image} â_k
 // Tie rules, clamps and the operation order of every elementwise formula follow the reference, so
-// the two agree to float rounding (dot products and softmax sums are accumulated in another order);
-// tests/methods/test_vasparse_fused.py compares them layer by layer and token by token.
+// the two agree to float rounding (dot products and softmax sums are accumulated in another order,
+// and exp is a vectorised polynomial within an ulp of the library's); tests/methods/
+// test_vasparse_fused.py compares them call by call and token by token.
 // Built by methods/vasparse_fused.py with -ffp-contract=off: no fused multiply-add may change the
 // rounding of a formula the reference computes as separate operations.
 
