@@ -115,18 +115,20 @@ def _beam_search(stepper: Stepper, gen: GenConfig, eos: int, timer: SampleTimer)
     B = gen.num_beams
     lp = gen.length_penalty
     n_keep = 2 * B  # beams_to_keep with one EOS id
-    top_b_mask = torch.arange(n_keep) < B
 
     timer.start()
     z = stepper.prefill()
     stepper.expand(B)
     z = z.expand(B, -1)
-    running_scores = torch.full((B,), -1e9, dtype=torch.float32)
+    # The bookkeeping lives on the scores' device (topk ties as in `generate`, no cross-device ops).
+    dev = z.device
+    top_b_mask = torch.arange(n_keep, device=dev) < B
+    running_scores = torch.full((B,), -1e9, dtype=torch.float32, device=dev)
     running_scores[0] = 0.0
     running: list[list[int]] = [[] for _ in range(B)]
-    fin_scores = torch.full((B,), -1e9, dtype=torch.float32)
+    fin_scores = torch.full((B,), -1e9, dtype=torch.float32, device=dev)
     fin_tokens: list[list[int]] = [[] for _ in range(B)]
-    fin_done = torch.zeros(B, dtype=torch.bool)
+    fin_done = torch.zeros(B, dtype=torch.bool, device=dev)
     heuristic_unsatisfied = True
     first = True
     while True:
@@ -142,37 +144,41 @@ def _beam_search(stepper: Stepper, gen: GenConfig, eos: int, timer: SampleTimer)
         hits = (cand_tok == eos) | (gen_len >= gen.max_new_tokens)
 
         # Finished hypotheses: only top-B candidates, only while improvement is still possible.
+        finishing = hits & top_b_mask
         norm = cand_scores / (gen_len**lp)
-        norm = norm + (~(hits & top_b_mask)).float() * -1e9
+        norm = norm + (~finishing).float() * -1e9
         if not heuristic_unsatisfied:
             norm = norm + -1e9
         merged = torch.cat([fin_scores, norm])
         order = torch.topk(merged, k=B).indices
+        # One host read per tensor and step (each would be a device sync on a GPU).
+        rows_h, tok_h, finishing_h, done_h = cand_rows.tolist(), cand_tok.tolist(), finishing.tolist(), fin_done.tolist()
         new_tokens, new_done = [], []
         for i in order.tolist():
             if i < B:
                 new_tokens.append(fin_tokens[i])
-                new_done.append(bool(fin_done[i]))
+                new_done.append(done_h[i])
             else:
                 c = i - B
-                new_tokens.append(running[int(cand_rows[c])] + [int(cand_tok[c])])
-                new_done.append(bool(hits[c] and top_b_mask[c]))
+                new_tokens.append(running[rows_h[c]] + [tok_h[c]])
+                new_done.append(finishing_h[c])
         fin_scores = merged[order]
         fin_tokens = new_tokens
-        fin_done = torch.tensor(new_done, dtype=torch.bool)
+        fin_done = torch.tensor(new_done, dtype=torch.bool, device=dev)
 
         # Running beams: best B candidates that did not finish.
-        run_sel = torch.topk(cand_scores + hits.float() * -1e9, k=B).indices
+        unfinished = cand_scores + hits.float() * -1e9
+        run_sel = torch.topk(unfinished, k=B).indices
         beam_idx = cand_rows[run_sel]
         next_tok = cand_tok[run_sel]
-        running_scores = (cand_scores + hits.float() * -1e9)[run_sel]
-        running = [running[int(r)] + [int(t)] for r, t in zip(beam_idx, next_tok)]
+        running_scores = unfinished[run_sel]
+        running = [running[r] + [t] for r, t in zip(beam_idx.tolist(), next_tok.tolist())]
         if first:
             timer.first_token()
             first = False
 
         # Early-stop heuristic (early_stopping=False): best running score at the current length.
-        worst_fin = torch.where(fin_done, fin_scores.min(), torch.tensor(-1e9))
+        worst_fin = torch.where(fin_done, fin_scores.min(), -1e9)
         best_run = running_scores[0] / (gen_len**lp)
         heuristic_unsatisfied = heuristic_unsatisfied and bool((best_run > worst_fin).any())
         if not heuristic_unsatisfied or bool(hits.all()):
