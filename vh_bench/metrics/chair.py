@@ -10,7 +10,6 @@ never percentages (§0); a zero denominator gives `None` (JSON null) and a warni
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ from vh_bench.metrics.chair_words import (
     singularizer_version,
     words_from_tokens,
 )
+from vh_bench.metrics.pope import read_json_records
 
 log = logging.getLogger(__name__)
 
@@ -217,25 +217,10 @@ def read_captions(path: os.PathLike | str, *, image_id_key: str = "image_id",
     """A JSONL file (blank lines ignored) or one JSON array of objects → `(image_id, caption)`."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        _, lines = read_json_records(p)  # the shared JSON/JSONL reader (line numbers, U+2028-safe)
     except FileNotFoundError:
         raise FileNotFoundError(f"caption file not found: {p}") from None
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"caption file {p}: invalid JSON ({exc})") from None
-        records = [(f"{p} item {i}", r) for i, r in enumerate(items)]
-    else:
-        records = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                records.append((f"{p}:{n}", json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"caption file {p}:{n}: invalid JSON ({exc})") from None
+    records = [(f"{p}:{n}", r) for n, r in lines]
     out = []
     for where, rec in records:
         if not isinstance(rec, dict):

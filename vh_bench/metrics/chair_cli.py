@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from vh_bench.metrics.chair import MISSING_GT_MODES, PRESETS, read_captions, read_image_list, score_caption_file
 from vh_bench.metrics.chair_gt import build_ground_truth
 from vh_bench.metrics.chair_words import DIALECTS
+from vh_bench.store import atomic_write_text
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -62,10 +62,7 @@ def run_chair(args: argparse.Namespace) -> dict[str, Any]:
         synonyms_path=args.synonyms, gt_cache_dir=args.gt_cache_dir,
     )
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_name(f".{args.out.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(result.to_json(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, args.out)
+        atomic_write_text(args.out, json.dumps(result.to_json(), indent=1, ensure_ascii=False) + "\n")
     return result.summary
 
 

@@ -206,12 +206,18 @@ def singularize(word: str) -> str:
     return normaliser("original")([word])[0]
 
 
+_tokenizer_ready = False
+
+
 def _tokenize(text: str) -> list[str]:
     from nltk.tokenize import word_tokenize
 
-    from vh_bench.nltk_env import ensure_active
+    global _tokenizer_ready
+    if not _tokenizer_ready:  # once per process: NLTK caches the Punkt model after the first call
+        from vh_bench.nltk_env import ensure_active
 
-    ensure_active(full=False)  # the opera normaliser runs the full checks when it is built
+        ensure_active(full=False)  # the opera normaliser runs the full checks when it is built
+        _tokenizer_ready = True
     return word_tokenize(text)
 
 

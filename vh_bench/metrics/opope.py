@@ -24,7 +24,14 @@ from vh_bench.data.pope_gen import (
     images_from_mapping,
     select_images,
 )
-from vh_bench.metrics.pope import PopeInputError, PopeMetrics, aggregate_splits, file_sha256, read_json_records
+from vh_bench.metrics.pope import (
+    PopeInputError,
+    PopeMetrics,
+    aggregate_splits,
+    compute_metrics,
+    file_sha256,
+    read_json_records,
+)
 
 log = logging.getLogger(__name__)
 
@@ -121,10 +128,7 @@ def score_split(
     """Generate one split's questions over the captioned images and decide them from the captions."""
     questions = generate_questions(images, split, seed=seed, num_samples=num_samples, image_ids=captions.keys())
     preds = tuple("yes" if says_yes(q.object, captions[q.image_id]) else "no" for q in questions)
-    c = {"tp": 0, "fp": 0, "tn": 0, "fn": 0}
-    for q, p in zip(questions, preds):
-        c[("tp" if q.label == "yes" else "fp") if p == "yes" else ("tn" if q.label == "no" else "fn")] += 1
-    metrics = PopeMetrics(n=len(questions), n_yes=c["tp"] + c["fp"], **c)
+    metrics = compute_metrics(((q.label, p) for q, p in zip(questions, preds)), "lmms_exact")
     return OpopeSplit(split, tuple(questions), preds, metrics)
 
 
@@ -163,7 +167,7 @@ def evaluate(
             "OPOPE: %d of %d captions excluded (image has fewer than %d objects or no object list), e.g. %s",
             len(excluded), len(captions), num_samples, excluded[:5],
         )  # fmt: skip
-    per_split = {s: score_split(captions, images, s, seed=seed, num_samples=num_samples).metrics for s in splits}
+    per_split = {s: score_split(captions, selected, s, seed=seed, num_samples=num_samples).metrics for s in splits}
     summary: dict[str, Any] = {
         "objects_source": source,
         "seed": seed,
