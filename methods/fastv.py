@@ -8,7 +8,7 @@ from typing import Any
 from vh_bench.decoding.method import Method
 from vh_bench.decoding.pruning import MODES, PruningStepper, image_pruning_stepper, round_half_up
 from vh_bench.decoding.seeding import SampleSeeds
-from vh_bench.errors import ConfigError
+from vh_bench.errors import ConfigError, is_int
 from vh_bench.models.llava import LlavaAdapter, ModelInputs
 from vh_bench.records import GenConfig
 
@@ -16,10 +16,6 @@ from vh_bench.records import GenConfig
 def check_mode(mode: str) -> None:
     if mode not in MODES:
         raise ConfigError("method.mode", f"{mode!r} is not one of {', '.join(MODES)}")
-
-
-def is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 @dataclass
@@ -52,5 +48,4 @@ class FastV(Method):
         )
 
     def extras(self, stepper: PruningStepper) -> dict[str, Any]:
-        p = stepper.pruning
-        return {"n_image": p.n_image, "n_keep_image": p.n_keep, "first_pruned_layer": p.first_pruned_layer}
+        return stepper.extras()

@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from methods.fastv import check_mode, is_int
+from methods.fastv import check_mode
 from vh_bench.decoding.method import Method
 from vh_bench.decoding.pruning import PruningStepper, image_pruning_stepper, round_half_up
 from vh_bench.decoding.seeding import SampleSeeds
-from vh_bench.errors import ConfigError
+from vh_bench.errors import ConfigError, is_int
 from vh_bench.models.llava import LlavaAdapter, ModelInputs
 from vh_bench.records import GenConfig
 
@@ -45,5 +45,4 @@ class TopK(Method):
         )
 
     def extras(self, stepper: PruningStepper) -> dict[str, Any]:
-        p = stepper.pruning
-        return {"n_image": p.n_image, "n_keep_image": p.n_keep, "first_pruned_layer": p.first_pruned_layer}
+        return stepper.extras()

@@ -23,12 +23,12 @@ from methods.vasparse_fused import load as load_kernel
 from methods.vasparse_fused import resolve as resolve_kernel
 from methods.vasparse_select import NORMALIZE, SCOPES
 from methods.vasparse_svcd import EmbeddingContrast, SparseContrastBranch, draw_image_mask
-from vh_bench.decoding.attention import AttentionController
+from vh_bench.decoding.attention import AttentionController, ControlledStepper
 from vh_bench.decoding.branch import Branch
 from vh_bench.decoding.contrast import contrast_scores
 from vh_bench.decoding.method import Method
 from vh_bench.decoding.seeding import SampleSeeds
-from vh_bench.errors import ConfigError
+from vh_bench.errors import ConfigError, is_int
 from vh_bench.models.llava import LlavaAdapter, ModelInputs
 from vh_bench.records import GenConfig
 
@@ -75,10 +75,6 @@ def _block(cls: type, value: Any, key: str) -> Any:
     return cls(**value)
 
 
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
 def _number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
@@ -86,7 +82,7 @@ def _number(x: Any) -> bool:
 def _check_layers(value: Any, key: str) -> None:
     if value == "all":
         return
-    if not isinstance(value, (list, tuple)) or not value or not all(_is_int(v) for v in value):
+    if not isinstance(value, (list, tuple)) or not value or not all(is_int(v) for v in value):
         raise ConfigError(key, f"must be 'all' or a non-empty list of layer indices, got {value!r}")
 
 
@@ -144,6 +140,7 @@ class VASparseStepper:
         self.seeds = seeds
         self.image_mask: torch.Tensor | None = None
         self.main: Branch | None = None
+        self.driven: ControlledStepper | None = None  # `main` under the controller (modes, beams)
         self.contrast: EmbeddingContrast | SparseContrastBranch | None = None
         self.last_logits: torch.Tensor | None = None
 
@@ -178,29 +175,23 @@ class VASparseStepper:
             self.main = Branch(self.adapter, self.inputs)
             if svcd.enabled:
                 self.contrast = EmbeddingContrast(self.adapter, self.inputs, final_norm=svcd.final_norm)
-        self.controller.mode = "prefill"
-        try:
-            l_main = self.main.prefill()
-        finally:
-            self.controller.mode = "decode"
+        self.driven = ControlledStepper(self.main, self.controller)
+        l_main = self.driven.prefill()
         return self._combine(l_main, self._contrast(lambda c: c.prefill(embeds)))
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        self.controller.mode = "decode"
-        l_main = self.main.step(tokens)
+        l_main = self.driven.step(tokens)
         return self._combine(l_main, self._contrast(lambda c: c.step(tokens)))
 
     def expand(self, n: int) -> None:
-        self.main.expand(n)
+        self.driven.expand(n)
         if self.contrast is not None:
             self.contrast.expand(n)
-        self.controller.expand(n)
 
     def reorder(self, beam_idx: torch.Tensor) -> None:
-        self.main.reorder(beam_idx)
+        self.driven.reorder(beam_idx)
         if self.contrast is not None:
             self.contrast.reorder(beam_idx)
-        self.controller.reorder(beam_idx)
 
 
 @dataclass
@@ -263,15 +254,15 @@ class VASparse(Method):
             raise ConfigError("method.vats.merge", f"{v.merge!r} is not one of {', '.join(MERGES)}")
         if not _number(v.cluster_ratio) or not 0 < v.cluster_ratio <= 1:
             raise ConfigError("method.vats.cluster_ratio", f"must be in (0, 1], got {v.cluster_ratio!r}")
-        if not _is_int(v.knn_k) or v.knn_k < 1:
+        if not is_int(v.knn_k) or v.knn_k < 1:
             raise ConfigError("method.vats.knn_k", f"must be an integer >= 1, got {v.knn_k!r}")
-        if not _is_int(v.saliency_layer):
+        if not is_int(v.saliency_layer):
             raise ConfigError("method.vats.saliency_layer", f"must be a layer index, got {v.saliency_layer!r}")
         _check_layers(v.layers, "method.vats.layers")
         _check_layers(p.layers, "method.sap.layers")
         if not _number(s.mask_ratio) or not 0 <= s.mask_ratio <= 1:
             raise ConfigError("method.svcd.mask_ratio", f"must be in [0, 1], got {s.mask_ratio!r}")
-        if not _is_int(s.stop_layer) or s.stop_layer < 0:
+        if not is_int(s.stop_layer) or s.stop_layer < 0:
             raise ConfigError("method.svcd.stop_layer", f"must be an integer >= 0, got {s.stop_layer!r}")
         if not _number(s.plausibility) or not 0 <= s.plausibility <= 1:
             raise ConfigError("method.svcd.plausibility", f"must be in [0, 1] (0 disables the cutoff), got {s.plausibility!r}")

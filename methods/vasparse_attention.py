@@ -93,7 +93,7 @@ class VASparseState:
         self.r: torch.Tensor | None = None  # (R, N) saliency history
         self.c: dict[int, torch.Tensor] = {}  # layer → (R, H, N) SAP accumulators
         self._p: tuple[int, torch.Tensor] | None = None  # P of the current step, by key count
-        self._candidates: dict[tuple[str, int, str], torch.Tensor] = {}
+        self._candidates: dict[str, torch.Tensor] = {}  # this step's candidates, by device
         # Host-known facts of the current step, shared by the layers (cleared when N changes):
         # plans by (params, N) and the saliency term λ·B of δ by (params, N, device).
         self._step_keys = -1
@@ -138,15 +138,11 @@ class VASparseState:
             self._p = (n_keys, saliency_probs(self.r, n_keys))
         return self._p[1]
 
-    def candidates(self, scope: str, n_keys: int, device: torch.device) -> torch.Tensor:
-        """Candidate key positions for this step (host-known), cached per step and device."""
-        key = (scope, n_keys, str(device))
+    def candidates(self, plan: StepPlan, device: torch.device) -> torch.Tensor:
+        """This step's candidate positions (`plan.cand`) on `device`, moved once per step."""
+        key = str(device)
         if key not in self._candidates:
-            if any(k[1] != n_keys for k in self._candidates):
-                self._candidates = {}  # a new step: earlier key counts are never asked again
-            lay = self.layout
-            pos = candidate_positions(scope, n_keys, lay.prompt_len, lay.image_start, lay.n_image)
-            self._candidates[key] = pos.to(device)
+            self._candidates[key] = plan.cand.to(device)
         return self._candidates[key]
 
     def _new_step(self, n_keys: int) -> None:
@@ -154,6 +150,7 @@ class VASparseState:
             self._step_keys = n_keys
             self._plans = {}
             self._terms = {}
+            self._candidates = {}
 
     def plan(self, params: VATSParams, n_keys: int) -> StepPlan:
         """Candidates and counts of this step for `params` (host values, once per step)."""
@@ -211,7 +208,7 @@ class VASparseState:
             term = None
             if params.lam != 0:
                 p = self.saliency(n_keys)
-                p = p.narrow(-1, plan.start, plan.n) if plan.start is not None else p.index_select(-1, plan.cand.to(p.device))
+                p = p.narrow(-1, plan.start, plan.n) if plan.start is not None else p.index_select(-1, self.candidates(plan, p.device))
                 term = saliency_term(p, params.lam, params.normalize)[:, None, :]
             self._terms[key] = term
         return self._terms[key]
@@ -319,10 +316,7 @@ class VASparseLayer(AttentionHandler):
             s = penalise(s, w[:, :, None, :], self.sap_beta)
             if merge is not None:
                 w_drop = torch.gather(w, -1, dropped)[..., None]  # (R, H, m, 1)
-                if s_bar.shape[-1] == 1:  # one cluster: w̄ = Σ ω_i w_i
-                    w_bar = (merge.weights[..., None, :] @ w_drop)[..., 0]
-                else:
-                    w_bar = (merge.members(s_bar.shape[-1]) @ w_drop)[..., 0]
+                w_bar = (merge.members @ w_drop)[..., 0]  # w̄ = Σ_{i∈cluster} ω_i w_i
                 s_bar = penalise(s_bar, w_bar[:, :, None, :], self.sap_beta)
             if self.state.record:
                 sink = w.max(dim=-1).values.mean()
@@ -343,14 +337,14 @@ class VASparseLayer(AttentionHandler):
         if plan.start is not None:  # contiguous candidates: a view, no index
             s_cand = row.narrow(-1, plan.start, plan.n)  # raw scores, before SAP (Decision §6.1)
         else:
-            cand = st.candidates(p.scope, n_keys, s.device)
+            cand = st.candidates(plan, s.device)
             s_cand = row.index_select(-1, cand)
         delta = vats_delta(s_cand, st.saliency_term(p, plan, n_keys, s.device), p.normalize)
         d_idx = select_dropped(delta, plan.n_keep)  # (R, H, m) into the candidates
         if plan.start is not None:
             dropped = d_idx + plan.start  # key positions
         else:
-            dropped = st.candidates(p.scope, n_keys, s.device)[d_idx]
+            dropped = cand[d_idx]
         if p.merge != "dpc_knn":
             return dropped, None, None
         m, c = plan.n_drop, plan.n_clusters
@@ -389,7 +383,7 @@ class VASparseLayer(AttentionHandler):
         if st.trace:
             st.rows[call.layer], st.dropped[call.layer] = a_hat, dropped
         if self.sap_beta is not None:
-            st.c[call.layer] = st.c[call.layer] + a_hat
+            st.c[call.layer].add_(a_hat)  # grown (a fresh tensor) in `scores` this step
         if self.saliency:
             r_new = a_hat[..., img].sum(dim=-1).mean(dim=1)  # (R,)
             st.r = torch.cat([st.r, r_new[:, None]], dim=1)

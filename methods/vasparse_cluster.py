@@ -69,11 +69,7 @@ class Merge:
     weights: torch.Tensor  # (..., m) ω_i, summing to 1 within each cluster
     keys: torch.Tensor  # (..., c, d) K̄
     values: torch.Tensor  # (..., c, d) V̄
-
-    def members(self, c: int) -> torch.Tensor:
-        """(..., c, m) matrix with ω_i at [cluster(i), i]: `members @ per_key` averages per cluster."""
-        onehot = self.assign[..., None, :] == torch.arange(c, device=self.assign.device)[:, None]
-        return onehot.to(self.weights.dtype) * self.weights[..., None, :]
+    members: torch.Tensor  # (..., c, m) ω_i at [cluster(i), i]: `members @ per_key` averages per cluster
 
 
 def merge_clusters(
@@ -92,7 +88,7 @@ def merge_clusters(
     w_size = torch.gather(sizes, -1, assign)
     weights = torch.where(w_sum > 0, delta / w_sum.clamp_min(1e-30), 1.0 / w_size)
     mat = onehot * weights[..., None, :]
-    return Merge(assign, weights, mat @ keys.float(), mat @ values.float())
+    return Merge(assign, weights, mat @ keys.float(), mat @ values.float(), mat)
 
 
 def merge_one_cluster(keys: torch.Tensor, values: torch.Tensor, delta: torch.Tensor) -> Merge:
@@ -106,7 +102,7 @@ def merge_one_cluster(keys: torch.Tensor, values: torch.Tensor, delta: torch.Ten
     weights = torch.where(total > 0, delta / total.clamp_min(1e-30), 1.0 / m)
     mat = weights[..., None, :]  # (..., 1, m)
     assign = torch.zeros(delta.shape, dtype=torch.long, device=delta.device)
-    return Merge(assign, weights, mat @ keys.float(), mat @ values.float())
+    return Merge(assign, weights, mat @ keys.float(), mat @ values.float(), mat)
 
 
 def redistribute(

@@ -49,14 +49,8 @@ def vats_scores(s_cand: torch.Tensor, p_cand: torch.Tensor, lam: float, normaliz
     `normalize="sum"` both terms are divided by their sum over the candidates first, so λ weighs
     saliency against query relevance instead of being swamped by the O(1…1e3) scale of s².
     """
-    a = s_cand.float().square()
-    b = p_cand.float()[:, None, :].expand_as(a)
-    if normalize == "sum":
-        a = a / a.sum(dim=-1, keepdim=True).clamp_min(1e-12)
-        b = b / b.sum(dim=-1, keepdim=True).clamp_min(1e-12)
-    elif normalize != "none":
-        raise ValueError(f"unknown VATS normalisation {normalize!r}; one of {NORMALIZE}")
-    return a + lam * b
+    # The decode path computes λ·B once per step (`saliency_term`) and A per head (`vats_delta`).
+    return vats_delta(s_cand, saliency_term(p_cand, lam, normalize)[:, None, :], normalize)
 
 
 def saliency_term(p_cand: torch.Tensor, lam: float, normalize: str) -> torch.Tensor:

@@ -14,6 +14,11 @@ class ConfigError(ValueError):
         super().__init__(msg)
 
 
+def is_int(x: object) -> bool:
+    """An int that is not a bool (YAML `true` must not pass as a layer index or a count)."""
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 class SampleError(RuntimeError):
     """A single sample could not be processed (bad image, non-finite logits, ...).
 

@@ -148,7 +148,7 @@ def test_merge_is_the_delta_weighted_average():
     assert torch.allclose(mg.values, mg.keys * 10)
     zero = merge_clusters(keys[:2], values[:2], torch.zeros(2), torch.tensor([0, 0]), 1)
     assert torch.allclose(zero.weights, torch.tensor([0.5, 0.5]))
-    assert torch.allclose(mg.members(3) @ torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([1.75, 3.0, 4.0]))
+    assert torch.allclose(mg.members @ torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([1.75, 3.0, 4.0]))
 
 
 def test_redistribution_gives_members_their_share_and_rows_sum_to_one():

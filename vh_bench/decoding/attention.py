@@ -117,14 +117,6 @@ class AttnCall:
         self.extra_values: torch.Tensor | None = None
 
     @property
-    def rows(self) -> int:
-        return self.query.shape[0]
-
-    @property
-    def n_heads(self) -> int:
-        return self.query.shape[1]
-
-    @property
     def q_len(self) -> int:
         return self.query.shape[2]
 
@@ -346,8 +338,9 @@ class AttentionController:
     def mode(self, mode: str) -> None:
         if mode not in MODES:
             raise ValueError(f"controller mode {mode!r} is not one of {MODES}")
-        self._mode = mode
-        self._refresh()
+        if mode != self._mode:  # set on every step; only a change re-resolves the handlers
+            self._mode = mode
+            self._refresh()
 
     def _refresh(self) -> None:
         # Resolved once per mode change so the per-call cost is one dict lookup.

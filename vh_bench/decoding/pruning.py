@@ -99,7 +99,7 @@ class ImageTokenPruning:
         self._prune: SequencePrune | None = None
         self._mask: DroppedKeyMask | None = None
         controller.add_handler(self.rank_layer, LastRowRanker(self))
-        first_pruned = self.rank_layer + 1
+        first_pruned = self.first_pruned_layer
         if first_pruned < controller.n_layers:
             if mode == "physical":
                 self._prune = controller.prune_sequence(first_pruned)
@@ -132,6 +132,11 @@ class PruningStepper(ControlledStepper):
     def __init__(self, branch: Branch, controller: AttentionController, pruning: ImageTokenPruning) -> None:
         super().__init__(branch, controller)
         self.pruning = pruning
+
+    def extras(self) -> dict[str, Any]:
+        """FastV's and Top-K's per-sample record of what was pruned."""
+        p = self.pruning
+        return {"n_image": p.n_image, "n_keep_image": p.n_keep, "first_pruned_layer": p.first_pruned_layer}
 
 
 def image_pruning_stepper(
