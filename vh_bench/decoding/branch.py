@@ -7,8 +7,6 @@ views are further `Branch`es. Each owns a fresh `DynamicCache`: caches are never
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from vh_bench.models.llava import LlavaAdapter, ModelInputs
@@ -24,33 +22,25 @@ class Branch:
         *,
         pixel_values: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        output_hidden_states: bool = False,
     ) -> None:
         self.adapter = adapter
         self.inputs = inputs
         self._pixel_values = inputs.pixel_values if pixel_values is None and inputs_embeds is None else pixel_values
         self._inputs_embeds = inputs_embeds
-        self.output_hidden_states = output_hidden_states
         self.cache = adapter.new_cache()
-        self.last_output: Any = None
 
     def prefill(self) -> torch.Tensor:
-        self.last_output = self.adapter.forward(
+        out = self.adapter.forward(
             cache=self.cache,
             input_ids=self.inputs.input_ids,
             pixel_values=self._pixel_values if self._inputs_embeds is None else None,
             inputs_embeds=self._inputs_embeds,
-            output_hidden_states=self.output_hidden_states,
         )
-        return self.adapter.last_logits(self.last_output)
+        return self.adapter.last_logits(out)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        self.last_output = self.adapter.forward(
-            cache=self.cache,
-            input_ids=tokens.view(-1, 1).to(self.adapter.device),
-            output_hidden_states=self.output_hidden_states,
-        )
-        return self.adapter.last_logits(self.last_output)
+        out = self.adapter.forward(cache=self.cache, input_ids=tokens.view(-1, 1).to(self.adapter.device))
+        return self.adapter.last_logits(out)
 
     def expand(self, n: int) -> None:
         if n > 1:
