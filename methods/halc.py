@@ -13,7 +13,6 @@ candidates), `halc_scorer` (BLIP).
 from __future__ import annotations
 
 import copy
-import logging
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -43,8 +42,6 @@ from vh_bench.errors import ConfigError
 from vh_bench.models.auxiliary import check_aux_checkpoint, load_aux
 from vh_bench.models.llava import LlavaAdapter, ModelInputs
 from vh_bench.records import GenConfig, Generation
-
-log = logging.getLogger(__name__)
 
 DETECTORS = ("grounding_dino", "owlv2", "none")
 DIVERGENCES = ("halc", "jsd")
@@ -252,10 +249,9 @@ class HALC(Method):
         search = self.search(adapter, inputs, gen, seeds)
         with torch.inference_mode(), attention.control(adapter, None):  # plain attention, like vanilla
             ids = search.run()
-        unk = adapter.unk_token_id
         return Generation(
             token_ids=ids,
-            text=adapter.decode_text([i for i in ids if i != unk]),  # placeholders never reach the text
+            text=search._text(ids),  # placeholders never reach the text
             n_new_tokens=len(ids),
             t_prefill_s=search.timer.prefill_s,
             t_decode_s=search.timer.decode_s,
@@ -432,13 +428,13 @@ class HalcSearch:
         logits = self.views.logits(boxes, b.V)
         pairs = rank_pairs(logits, m.num_pairs, m.divergence)
         tokens = contrast_candidates(logits, pairs, m.contrast_weight, banned=self.banned)
-        word_text = last_piece(self._decode(b.W))
         deletable = (
             m.delete_undetected
             and g.status == "not-detected"
             and len(b.V) + 1 >= m.min_committed_before_delete
             and chk.word not in m.exempt_words
         )
+        word_text = last_piece(self._decode(b.W)) if deletable else ""  # only a deletion compares it
         cands = []
         for c in tokens:
             outcome, d0 = ("replace", 0)

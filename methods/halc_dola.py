@@ -7,12 +7,12 @@ entries of the `output_hidden_states` tuple (0 = embeddings, i = output of layer
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
+from vh_bench.decoding.contrast import plausibility_cutoff
 from vh_bench.errors import ConfigError
 
 
@@ -57,8 +57,11 @@ def code_jsd_to_mature(mature: torch.Tensor, premature: torch.Tensor) -> torch.T
     """DoLa code's layer distance: 0.5·(KL(M‖p_M) + KL(M‖p_j)) / V with M = (p_M + p_j)/2 (§7.1).
 
     mature: (V,) logits; premature: (k, V) logits → (k,) fp32."""
-    lp_m = torch.log_softmax(mature.float(), dim=-1)
-    lp_j = torch.log_softmax(premature.float(), dim=-1)
+    return _code_jsd(torch.log_softmax(mature.float(), dim=-1), torch.log_softmax(premature.float(), dim=-1))
+
+
+def _code_jsd(lp_m: torch.Tensor, lp_j: torch.Tensor) -> torch.Tensor:
+    """`code_jsd_to_mature` on log-probabilities: lp_m (V,), lp_j (k, V)."""
     mix = 0.5 * (lp_m.exp()[None, :] + lp_j.exp())
     m_log_m = torch.xlogy(mix, mix)  # 0·log 0 = 0, as F.kl_div does
     kl_m = (m_log_m - mix * lp_m[None, :]).mean(dim=-1)
@@ -69,10 +72,7 @@ def code_jsd_to_mature(mature: torch.Tensor, premature: torch.Tensor) -> torch.T
 def relative_top_filter(logits: torch.Tensor, relative_top: float) -> torch.Tensor:
     """log_softmax with −inf below log p_max + log(relative_top) (DoLa's plausibility cutoff)."""
     lp = torch.log_softmax(logits.float(), dim=-1)
-    if relative_top <= 0.0:
-        return lp
-    thresh = lp.max(dim=-1, keepdim=True).values + math.log(relative_top)
-    return lp.masked_fill(lp < thresh, float("-inf"))
+    return plausibility_cutoff(lp, lp, relative_top)
 
 
 @dataclass
@@ -85,11 +85,11 @@ def dola_scores(
     mature: torch.Tensor, premature: torch.Tensor, layer_ids: Sequence[int], relative_top: float
 ) -> DolaStep:
     """§7.1: j* = argmax of the code's divergence (ties → lowest layer), scores = final − base."""
-    div = code_jsd_to_mature(mature, premature)
-    pick = int(torch.argmax(div).item())  # first maximum = lowest layer among ties
-    final = relative_top_filter(mature, relative_top)
-    base = torch.log_softmax(premature[pick].float(), dim=-1)
-    base = base.masked_fill(torch.isneginf(final), -1000.0)
+    lp_m = torch.log_softmax(mature.float(), dim=-1)
+    lp_j = torch.log_softmax(premature.float(), dim=-1)
+    pick = int(torch.argmax(_code_jsd(lp_m, lp_j)).item())  # first maximum = lowest layer among ties
+    final = plausibility_cutoff(lp_m, lp_m, relative_top)  # = relative_top_filter(mature, relative_top)
+    base = lp_j[pick].masked_fill(torch.isneginf(final), -1000.0)
     return DolaStep(final - base, int(layer_ids[pick]))
 
 

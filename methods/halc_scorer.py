@@ -1,15 +1,16 @@
 """HALC candidate scoring with BLIP (methods.md §7.7): `BlipForImageTextRetrieval`, ITM or ITC.
 
-A `ScorerSession` holds one sample's image. Its features are computed once; for the ITM head the
-cross-attention keys/values of every text layer are computed once too (they depend on the image
-only) and broadcast over the candidate texts, so scoring a verification costs only the text side.
+A session (`BlipScorer.session`) holds one sample's image. Its features are computed once; for
+the ITM head the cross-attention keys/values of every text layer are computed once too (they
+depend on the image only) and broadcast over the candidate texts, so scoring a verification costs
+only the text side.
 Both equal the model's own forward (tested).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from PIL import Image
@@ -17,11 +18,6 @@ from PIL import Image
 SCORER_HUB_ID = "Salesforce/blip-itm-large-coco"
 SCORER_MODEL_TYPE = "blip"
 SCORERS = ("blip_itm", "blip_itc")
-
-
-class ScorerSession(Protocol):
-    def score(self, texts: Sequence[str]) -> list[float]:
-        """One score per text against the sample's image; higher is better."""
 
 
 class BlipScorer:
@@ -59,7 +55,8 @@ class _BlipSession:
         embeds = self._image_embeds()
         model = self.scorer.model
         if self.scorer.mode == "blip_itc":
-            self._image_feat = torch.nn.functional.normalize(model.vision_proj(embeds[:, 0, :]), dim=-1)
+            if self._image_feat is None:
+                self._image_feat = torch.nn.functional.normalize(model.vision_proj(embeds[:, 0, :]), dim=-1)
         elif self._cross is None:
             self._cross = self._cross_attention_cache(embeds)
 

@@ -111,15 +111,16 @@ def object_test(
     exempt: Sequence[str] = EXEMPT_WORDS,
     add: Sequence[str] = ADD_WORDS,
 ) -> WordCheck:
-    """§7.3 in the code's order. Exactly one `rng` draw per call, always made (seeding, §1.7)."""
+    """§7.3 with the code's precedence (ADD over SKIP over the tag). Exactly one `rng` draw per
+    call, always made (seeding, §1.7); the tagger runs only when its answer decides the outcome."""
     word = normalise_entity(entity)
-    if not word:
+    draw = rng.random()
+    if word in add:
+        pos = "ADD"
+    elif "." in word or "," in word or word in exempt or draw < skip_rate:
+        pos = "SKIP"
+    elif not word:
         pos = "PUNC"
     else:
         pos = "NOUN" if tagger.is_noun(word) else "OTHER"
-    draw = rng.random()
-    if "." in word or "," in word or word in exempt or draw < skip_rate:
-        pos = "SKIP"
-    if word in add:
-        pos = "ADD"
     return WordCheck(word, pos, pos in ("NOUN", "ADD"))

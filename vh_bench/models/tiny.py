@@ -149,19 +149,24 @@ def build_tiny_llava(spec: TinySpec, cache_dir: str | os.PathLike) -> Path:
     processor = _make_processor(spec)
     tok = processor.tokenizer
     model = _make_model(spec, vocab_size=len(tok), image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN))
-    # Written to a temporary sibling and renamed, so a crash never leaves half a checkpoint.
+    save_checkpoint(target, model, processor, asdict(spec))
+    return target
+
+
+def save_checkpoint(target: Path, model, processor, spec: dict) -> None:
+    """Save `model`, `processor` and `vh_bench_spec.json` as the checkpoint directory `target`.
+
+    Written to a temporary sibling and renamed, so a crash never leaves half a checkpoint; if the
+    rename fails because a concurrent builder already made `target`, theirs is kept."""
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        (tmp / "vh_bench_spec.json").write_text(json.dumps(asdict(spec), indent=1))
+        (tmp / "vh_bench_spec.json").write_text(json.dumps(spec, indent=1))
         os.replace(tmp, target)
     except OSError:
-        if (target / "config.json").is_file():  # a concurrent builder won the race
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
+        if not (target / "config.json").is_file():  # else a concurrent builder won the race
             raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return target

@@ -23,13 +23,12 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from vh_bench.models.tiny import save_checkpoint
 from vh_bench.models.tiny_vocab import vocabulary
 
 log = logging.getLogger(__name__)
@@ -247,18 +246,7 @@ def build_aux(kind: str, size: str = "tiny", cache_dir: str | os.PathLike | None
         torch.manual_seed(seed)
         model, processor = BUILDERS[kind](SHAPES[(kind, size)])
     model.eval()
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
-    try:
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        (tmp / "vh_bench_spec.json").write_text(json.dumps({"kind": kind, "size": size, "seed": seed}, indent=1))
-        os.replace(tmp, target)
-    except OSError:
-        if not (target / "config.json").is_file():  # else a concurrent builder won the race
-            raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    save_checkpoint(target, model, processor, {"kind": kind, "size": size, "seed": seed})
     return target
 
 
