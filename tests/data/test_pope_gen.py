@@ -106,22 +106,29 @@ def _frequencies(selected: list[ImageObjects]) -> tuple[list[str], Counter]:
     return order, freq
 
 
-def test_popular_takes_the_most_frequent_absent_object(images):
-    selected = [im for im in images if len(im.objects) >= 3]
-    first_seen, freq = _frequencies(selected)
-    qs = generate_questions(images, "popular")
+def _question_pairs(qs, selected):
+    """Per image (6 questions), each (yes, no) pair with the image's objects and the objects asked
+    before the negative (the positive just asked included), as generation sees them."""
     for k in range(0, len(qs), 6):
         group = qs[k : k + 6]
         present = set(next(im for im in selected if im.image_id == group[0].image_id).objects)
         history: set[str] = set()
         for pos, neg in zip(group[::2], group[1::2]):
             history.add(pos.object)
-            candidates = [o for o in first_seen if o not in present and o not in history]
-            best = max(freq[o] for o in candidates)
-            assert freq[neg.object] == best
-            # ties: the object that appeared first wins (stable sort)
-            assert neg.object == next(o for o in candidates if freq[o] == best)
+            yield present, frozenset(history), pos, neg
             history.add(neg.object)
+
+
+def test_popular_takes_the_most_frequent_absent_object(images):
+    selected = [im for im in images if len(im.objects) >= 3]
+    first_seen, freq = _frequencies(selected)
+    qs = generate_questions(images, "popular")
+    for present, history, _, neg in _question_pairs(qs, selected):
+        candidates = [o for o in first_seen if o not in present and o not in history]
+        best = max(freq[o] for o in candidates)
+        assert freq[neg.object] == best
+        # ties: the object that appeared first wins (stable sort)
+        assert neg.object == next(o for o in candidates if freq[o] == best)
     # popular negatives are drawn from the frequent end
     neg_counts = Counter(q.object for q in qs if q.label == "no")
     assert neg_counts.most_common(1)[0][0] in [o for o, _ in freq.most_common(3)]
@@ -137,20 +144,14 @@ def test_adversarial_takes_the_top_co_occurring_object(images):
                     co.setdefault(o, Counter())[p] += 1
     qs = generate_questions(images, "adversarial")
     n_fallback = 0
-    for k in range(0, len(qs), 6):
-        group = qs[k : k + 6]
-        present = set(next(im for im in selected if im.image_id == group[0].image_id).objects)
-        history: set[str] = set()
-        for pos, neg in zip(group[::2], group[1::2]):
-            history.add(pos.object)
-            row = co.get(pos.object, Counter())
-            candidates = [o for o in row if o not in present and o not in history]
-            if candidates:
-                assert row[neg.object] == max(row[o] for o in candidates)
-            else:
-                n_fallback += 1  # random rule: only "absent and not asked" can be checked
-                assert neg.object not in present and neg.object not in history
-            history.add(neg.object)
+    for present, history, pos, neg in _question_pairs(qs, selected):
+        row = co.get(pos.object, Counter())
+        candidates = [o for o in row if o not in present and o not in history]
+        if candidates:
+            assert row[neg.object] == max(row[o] for o in candidates)
+        else:
+            n_fallback += 1  # random rule: only "absent and not asked" can be checked
+            assert neg.object not in present and neg.object not in history
     assert n_fallback < len(qs) // 6  # the fixture exercises the co-occurrence path mostly
 
 
