@@ -9,11 +9,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from vh_bench.config import register_resolvers
+import vh_bench.config  # noqa: F401 - importing it registers ${vh_root:}, which Hydra resolves
 from vh_bench.errors import ConfigError, ScoringError
 from vh_bench.paths import config_dir
 
-register_resolvers()
 log = logging.getLogger("vh_bench")
 
 

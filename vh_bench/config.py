@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vh_bench.errors import ConfigError
 from vh_bench.paths import PACKAGE_DIR, config_dir, project_root
@@ -56,17 +56,34 @@ def gen_config(cfg: DictConfig, max_new_tokens_override: int | None = None) -> G
     return gen
 
 
+def override_key(ov: str) -> str:
+    """The key a Hydra override sets: `+a.b=1`, `~a.b`, `a.b=1` → `a.b`."""
+    return ov.split("=", 1)[0].lstrip("+~")
+
+
+# Where `record_overrides` keeps the overrides of a config composed outside @hydra.main.
+OVERRIDES_KEY = "_overrides_"
+
+
+def record_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """Keep `overrides` on `cfg` (for a config composed by `compose`, where HydraConfig is not set),
+    so that `gen_config` sees the generation.* keys given explicitly, as under @hydra.main."""
+    with open_dict(cfg):
+        cfg[OVERRIDES_KEY] = list(overrides)
+    return cfg
+
+
 def _cli_overridden_keys(cfg: DictConfig) -> set[str]:
     """generation.* keys set explicitly on the command line (a dataset default must not beat them)."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
         overrides = HydraConfig.get().overrides.task
-    except Exception:  # noqa: BLE001 - not under @hydra.main (tests, scripts): no CLI overrides
-        return set()
+    except Exception:  # noqa: BLE001 - not under @hydra.main (benches, tests, scripts)
+        overrides = cfg.get(OVERRIDES_KEY) or ()  # recorded by `record_overrides`, else none
     keys = set()
     for ov in overrides:
-        key = str(ov).split("=", 1)[0].lstrip("+~")
+        key = override_key(str(ov))
         if key.startswith("generation."):
             keys.add(key.split(".", 1)[1])
     return keys

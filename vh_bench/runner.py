@@ -57,26 +57,26 @@ class Plan:
     shard_count: int
 
 
+def _instantiate(node: DictConfig, key: str) -> Any:
+    """Build config group `key` (its node `node`) with Hydra; a failure is one ConfigError line."""
+    try:
+        return instantiate(node, _convert_="all")
+    except Exception as exc:  # noqa: BLE001 - Hydra wraps TypeErrors of unknown keys
+        cause = exc.__cause__ or exc
+        raise ConfigError(key, f"cannot build {node.get('_target_')}: {cause}".splitlines()[0]) from exc
+
+
 def build_method(cfg: DictConfig) -> Method:
     if "_target_" not in cfg.method:
         raise ConfigError("method", "has no _target_", "every configs/method/*.yaml names its class")
-    try:
-        method = instantiate(cfg.method, _convert_="all")
-    except Exception as exc:  # noqa: BLE001 - Hydra wraps TypeErrors of unknown keys
-        cause = exc.__cause__ or exc
-        raise ConfigError("method", f"cannot build {cfg.method._target_}: {cause}".splitlines()[0]) from exc
+    method = _instantiate(cfg.method, "method")
     if not isinstance(method, Method):
         raise ConfigError("method._target_", f"{cfg.method._target_} is not a vh_bench Method")
     return method
 
 
 def build_dataset(cfg: DictConfig) -> Dataset:
-    try:
-        ds = instantiate(cfg.dataset, _convert_="all")
-    except Exception as exc:  # noqa: BLE001
-        cause = exc.__cause__ or exc
-        raise ConfigError("dataset", f"cannot build {cfg.dataset.get('_target_')}: {cause}".splitlines()[0]) from exc
-    return ds
+    return _instantiate(cfg.dataset, "dataset")
 
 
 def model_identity(cfg: DictConfig) -> dict[str, Any]:
@@ -104,6 +104,25 @@ def resolve_model_path(cfg: DictConfig) -> str:
     return str(cfg.model.path)
 
 
+def set_num_threads(runtime: DictConfig) -> None:
+    """`runtime.num_threads` torch CPU threads, if set (else torch's default)."""
+    if runtime.num_threads:
+        torch.set_num_threads(int(runtime.num_threads))
+
+
+def load_adapter(cfg: DictConfig, model_path: str, device: str, dtype: str) -> LlavaAdapter:
+    """LLaVA from `model_path` as the config asks (attention backend, prompt template, name): the
+    runner's and the benches' one way to load the model."""
+    return LlavaAdapter.load(
+        model_path,
+        dtype=dtype,
+        device=device,
+        attn_implementation=str(cfg.runtime.attn_backend),
+        prompt_template=str(cfg.model.prompt_template),
+        name=str(cfg.model.name),
+    )
+
+
 def shard_of(cfg: DictConfig) -> tuple[int, int]:
     """Shard from config, else from torchrun's RANK/WORLD_SIZE, else (0, 1)."""
     sh = cfg.runtime.shard
@@ -118,12 +137,6 @@ def in_shard(sample_id: str, index: int, count: int) -> bool:
     # By hash of the id, not by position: a sample belongs to the same shard whatever is already done.
     h = int.from_bytes(hashlib.sha256(sample_id.encode()).digest()[:8], "little")
     return h % count == index
-
-
-def dataset_identity(dataset: Dataset) -> dict[str, Any]:
-    """What selects a dataset's samples and prompts (not where the files live, not how it is scored)."""
-    ident = getattr(dataset, "identity", None)
-    return ident() if callable(ident) else dataset.provenance()
 
 
 def plan(cfg: DictConfig) -> Plan:
@@ -151,7 +164,7 @@ def plan(cfg: DictConfig) -> Plan:
     identity = {
         "model": model_identity(cfg),
         "method": method.fingerprint(),
-        "dataset": dataset_identity(dataset),
+        "dataset": dataset.identity(),  # what selects the samples and prompts, not where files live
         "generation": gen.__dict__,
         "seed": int(runtime.seed),
         "dtype": dtype,
@@ -163,13 +176,14 @@ def plan(cfg: DictConfig) -> Plan:
     return Plan(cfg, gen, method, dataset, device, dtype, fp, run_dir, index, count)
 
 
-def _select_samples(p: Plan) -> list[Sample]:
-    samples = p.dataset.samples()
+def select_samples(dataset: Dataset, limit: int | None) -> list[Sample]:
+    """The dataset's samples (ids checked unique), the first `limit` of them if set (runtime.limit)."""
+    samples = dataset.samples()
     ids = [s.sample_id for s in samples]
     if len(set(ids)) != len(ids):
         raise ConfigError("dataset", "sample ids are not unique")
-    if p.cfg.runtime.limit is not None:
-        samples = samples[: int(p.cfg.runtime.limit)]
+    if limit is not None:
+        samples = samples[: int(limit)]
     return samples
 
 
@@ -228,18 +242,10 @@ def generate_samples(p: Plan, store: RunStore, samples: list[Sample]) -> dict[st
     if not todo:
         return facts
     rt = p.cfg.runtime
-    if rt.num_threads:
-        torch.set_num_threads(int(rt.num_threads))
+    set_num_threads(rt)
     model_path = resolve_model_path(p.cfg)
     t0 = time.perf_counter()
-    adapter = LlavaAdapter.load(
-        model_path,
-        dtype=p.dtype,
-        device=p.device,
-        attn_implementation=str(rt.attn_backend),
-        prompt_template=str(p.cfg.model.prompt_template),
-        name=str(p.cfg.model.name),
-    )
+    adapter = load_adapter(p.cfg, model_path, p.device, p.dtype)
     facts["model_load_s"] = time.perf_counter() - t0
     facts["model_path"] = model_path
     if p.device.startswith("cuda"):
@@ -252,10 +258,10 @@ def generate_samples(p: Plan, store: RunStore, samples: list[Sample]) -> dict[st
         # The next sample's image is decoded and preprocessed on a worker thread while the model
         # generates the current one (errors surface, per sample, when its inputs are taken).
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vh_bench-prefetch") as pool:
-            upcoming = [pool.submit(_prepare, adapter, todo[0])]
+            upcoming = [pool.submit(prepare_inputs, adapter, todo[0])]
             for i, sample in enumerate(bar):
                 if i + 1 < len(todo):
-                    upcoming.append(pool.submit(_prepare, adapter, todo[i + 1]))
+                    upcoming.append(pool.submit(prepare_inputs, adapter, todo[i + 1]))
                 error, out = _generate_one(p, adapter, sample, upcoming.pop(0))
                 if error:
                     log.warning("%s: %s", sample.sample_id, error)
@@ -269,7 +275,8 @@ def generate_samples(p: Plan, store: RunStore, samples: list[Sample]) -> dict[st
     return facts
 
 
-def _prepare(adapter: LlavaAdapter, sample: Sample) -> ModelInputs:
+def prepare_inputs(adapter: LlavaAdapter, sample: Sample) -> ModelInputs:
+    """A sample's model inputs: its image loaded and processed with its prompt."""
     return adapter.prepare(load_rgb(sample.image_path), sample.prompt)
 
 
@@ -358,7 +365,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     atomic_write_json(p.run_dir / "manifest.json", manifest)
-    samples = _select_samples(p)
+    samples = select_samples(p.dataset, p.cfg.runtime.limit)
     log.info("run directory %s (%d samples)", p.run_dir, len(samples))
     dataset_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)
     with ScoringWorker(p.dataset, dataset_cfg, enabled=bool(cfg.runtime.scoring_worker)) as scorer:

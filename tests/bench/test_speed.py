@@ -14,6 +14,7 @@ from vh_bench.bench.speed import (
     Contender,
     Prepared,
     Timings,
+    compose_method,
     interleaved_timings,
     run_speed_bench,
     speed_markdown,
@@ -21,6 +22,7 @@ from vh_bench.bench.speed import (
     summarise,
     with_defaults,
 )
+from vh_bench.config import gen_config
 from vh_bench.errors import ConfigError
 from vh_bench.metrics.speed import Timing
 from vh_bench.paths import config_dir
@@ -36,6 +38,16 @@ def test_method_list_and_defaults() -> None:
     # A given key replaces the bench default; the others stay.
     ovs = with_defaults(["model=tiny", "+runtime.limit=2"], {"model": "bench", "runtime.limit": "4", "x": "1"})
     assert ovs == ["x=1", "model=tiny", "+runtime.limit=2"]
+
+
+def test_generation_given_to_the_bench_beats_the_dataset_default() -> None:
+    from vh_bench.runner import build_dataset
+
+    cfg = compose_method("vanilla", ["dataset=demo_pope", "generation.max_new_tokens=32"])
+    dataset = build_dataset(cfg)
+    assert dataset.max_new_tokens == 8  # demo_pope's default, which only applies when none is given
+    assert gen_config(cfg, dataset.max_new_tokens).max_new_tokens == 32
+    assert gen_config(compose_method("vanilla", ["dataset=demo_pope"]), dataset.max_new_tokens).max_new_tokens == 8
 
 
 class FakeMethod:
@@ -149,3 +161,24 @@ def test_bench_end_to_end_on_the_tiny_model(tmp_path: Path, configs_with_copy: P
     md = (tmp_path / "bench" / "speed.md").read_text()
     assert md == speed_markdown(saved) + "\n"
     assert "| vanilla_copy |" in md and "Skipped: broken" in md
+
+
+@pytest.mark.slow
+def test_one_new_token_has_no_decode_rate_and_does_not_fail(tmp_path: Path) -> None:
+    # One new token: decode tok/s is 0 for every method, so no decode ratio (was a ZeroDivisionError).
+    overrides = [
+        "method=vanilla,topk",
+        "model=tiny",
+        "model.tiny.image_size=224",
+        "runtime.device=cpu",
+        "runtime.dtype=float32",
+        "runtime.limit=1",
+        "generation.max_new_tokens=1",
+        f"paths.results_dir={tmp_path / 'results'}",
+    ]
+    res = run_speed_bench(overrides, repeats=1, out_dir=tmp_path / "bench", memory=False, progress=False)
+    assert res["setup"]["methods"] == ["vanilla", "topk"] and not res["failed"]
+    for m in res["methods"].values():
+        assert m["mean_new_tokens"]["median"] == 1.0
+        assert m["decode_tps_ratio"]["median"] is None
+        assert m["e2e_tps_ratio"]["median"] is not None

@@ -2,8 +2,8 @@
 
     python -m vh_bench.bench.attention [--repeats 6] [--max-new-tokens 64]
 
-On the random-weight bench model (576 image tokens, 8 layers, hidden 512, vocabulary 32064) it
-prints per method the prefill latency, decode and end-to-end tokens/s and the ratios to a baseline,
+On the random-weight bench model (configs/model/bench.yaml: 576 image tokens, 8 layers, hidden
+512) it prints per method the prefill latency, decode and end-to-end tokens/s and the ratios to a baseline,
 answering the two questions of the attention-control issue: FastV's end-to-end speed-up over
 vanilla at R = 0.5, and the cost of the controller when it does nothing (vs transformers' eager).
 Only ratios carry over to a real model and GPU.
@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw
 
+from vh_bench.config import compose, to_plain
 from vh_bench.decoding.attention import AttentionController, AttentionHandler, ControlledStepper
 from vh_bench.decoding.branch import Branch
 from vh_bench.decoding.method import Method
@@ -33,19 +34,13 @@ from vh_bench.records import GenConfig
 
 log = logging.getLogger(__name__)
 
-# configs/model/bench.yaml: realistic proportions for a CPU.
-BENCH_SPEC = TinySpec(
-    image_size=336,
-    vision_hidden=256,
-    vision_layers=4,
-    vision_heads=4,
-    text_hidden=512,
-    text_layers=8,
-    text_heads=8,
-    text_kv_heads=8,
-    text_intermediate=1376,
-    pad_vocab_to=32064,
-)
+
+def bench_spec() -> TinySpec:
+    """configs/model/bench.yaml's model (realistic proportions for a CPU), as `model=bench` builds it.
+
+    Read when the bench runs (composing at import would reset Hydra's global state of any importer).
+    """
+    return TinySpec(**to_plain(compose(["model=bench"]).model.tiny))
 
 
 # ---- contenders that exist only to measure the attention layer ---------------------------------
@@ -88,12 +83,15 @@ def speed_side_by_side(
     *,
     warmup: int = 1,
     baseline: str | None = None,
+    ratios: bool = True,
 ) -> list[dict[str, Any]]:
     """Time every method `warmup + repeats` times, interleaved round by round, on one sample.
 
     Returns one dict per method: the speed aggregates of `vh_bench.metrics.speed` over the timed
-    rounds, plus `decode_ratio`/`e2e_ratio` to `baseline` (default: the first method) as ratios of
-    the aggregates and as medians of per-round ratios (robust to a noisy, shared CPU).
+    rounds, plus (with `ratios`) `decode_ratio`/`e2e_ratio` to `baseline` (default: the first
+    method) as ratios of the aggregates and as medians of per-round ratios (robust to a noisy,
+    shared CPU). Callers that compute their own ratios pass `ratios=False`: a baseline with a single
+    new token has no decode rate to divide by.
     """
     names = list(methods)
     baseline = baseline or names[0]
@@ -107,7 +105,7 @@ def speed_side_by_side(
         log.info("round %d/%d done", r + 1, warmup + repeats)
 
     rows = [{"method": n, **speed_summary(timings[n]), "timings": timings[n]} for n in names]
-    return with_ratios(rows, baseline)
+    return with_ratios(rows, baseline) if ratios else rows
 
 
 def _per_round(t: Timing) -> tuple[float, float]:
@@ -178,14 +176,15 @@ def main(argv: list[str] | None = None) -> int:
     # matmuls over them are 10-70x slower (eager only; sdpa's kernel is not hit), which measures the
     # random weights, not the methods. Flushing them is a process-wide CPU setting for this benchmark.
     flushed = False if args.keep_denormals else torch.set_flush_denormal(True)
-    path = str(build_tiny_llava(BENCH_SPEC, cache_dir() / "models"))
+    spec = bench_spec()
+    path = str(build_tiny_llava(spec, cache_dir() / "models"))
     sdpa = LlavaAdapter.load(path)  # vh_attn, plain path = sdpa (the harness setting)
     if not args.no_eager:
         explicit = LlavaAdapter.load(path, attn_implementation="eager")  # vh_attn, plain path = explicit
         stock_eager = LlavaAdapter.load(path, attn_implementation="eager", stock_attention=True)
     inputs = sdpa.prepare(bench_image(), "Please describe this image in detail.")
     gen = GenConfig(strategy="greedy", max_new_tokens=args.max_new_tokens)
-    print(f"bench model: {BENCH_SPEC}\nprompt length {inputs.length}, image tokens {inputs.n_image_tokens}, "
+    print(f"bench model: {spec}\nprompt length {inputs.length}, image tokens {inputs.n_image_tokens}, "
           f"threads {torch.get_num_threads()}, flush denormals {flushed}, {gen}\n")
 
     with torch.inference_mode():

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-from vh_bench.bench.speed import override_key, with_defaults
-from vh_bench.config import compose, results_dir
+from vh_bench.bench.speed import with_defaults
+from vh_bench.config import compose, override_key, record_overrides, results_dir
 from vh_bench.report.layout import simple_markdown
 from vh_bench.store import atomic_write_text
 
@@ -271,7 +271,7 @@ def run_profile(
         # A fresh directory: the same command would otherwise resume the finished run and time nothing.
         tmp = Path(tempfile.mkdtemp(prefix="profile-run-", dir=out))
         ovs = [*ovs, f"paths.results_dir={tmp}"]
-    cfg = compose(ovs)
+    cfg = record_overrides(compose(ovs), ovs)  # generation.* given here beat a dataset's default
     stages = Stages()
     prof = cProfile.Profile() if cprofile else None
     startup = time.perf_counter() - started if started is not None else 0.0

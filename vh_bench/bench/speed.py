@@ -19,7 +19,6 @@ Protocol (methods.md §1.8, metrics.md §5):
 from __future__ import annotations
 
 import logging
-import platform
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -29,12 +28,11 @@ from statistics import median
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from vh_bench.bench.attention import speed_side_by_side
 from vh_bench.bench.memory import MemoryPeak, measure_peak, reachable_modules, tensor_bytes
-from vh_bench.config import compose, gen_config, resolve_device
-from vh_bench.data.images import load_rgb
+from vh_bench.config import compose, gen_config, override_key, record_overrides, resolve_device
 from vh_bench.decoding.method import Method
 from vh_bench.decoding.seeding import SampleSeeds
 from vh_bench.errors import ConfigError
@@ -44,6 +42,15 @@ from vh_bench.paths import config_dir
 from vh_bench.provenance import device_description, git_commit, library_versions
 from vh_bench.records import GenConfig
 from vh_bench.report.layout import simple_markdown
+from vh_bench.runner import (
+    build_dataset,
+    build_method,
+    load_adapter,
+    prepare_inputs,
+    resolve_model_path,
+    select_samples,
+    set_num_threads,
+)
 from vh_bench.store import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -63,10 +70,6 @@ RATIOS = (("decode_tps_ratio", "decode_tps"), ("e2e_tps_ratio", "e2e_tps"))
 
 
 # ---- command line ------------------------------------------------------------------------------
-def override_key(ov: str) -> str:
-    return ov.split("=", 1)[0].lstrip("+~")
-
-
 def split_overrides(overrides: Sequence[str]) -> tuple[list[str] | None, list[str]]:
     """`method=a,b,c` (a sweep in Hydra's syntax) → the method names; the rest stay overrides."""
     methods = None
@@ -100,16 +103,12 @@ class Contender:
 
 
 def compose_method(name: str, overrides: Sequence[str]) -> DictConfig:
-    cfg = compose([f"method={name}", *overrides])
-    with open_dict(cfg):
-        cfg._overrides_ = list(overrides)  # so generation.* given here beat a dataset's default
-    return cfg
+    # Recorded so that generation.* given here beat a dataset's default, as on the CLI.
+    return record_overrides(compose([f"method={name}", *overrides]), overrides)
 
 
 def build_contenders(names: Sequence[str], overrides: Sequence[str]) -> tuple[list[Contender], dict[str, str], Any]:
     """Compose and build every method; a method that cannot be built is skipped with its reason."""
-    from vh_bench.runner import build_dataset, build_method
-
     contenders: list[Contender] = []
     skipped: dict[str, str] = {}
     dataset = None
@@ -140,24 +139,6 @@ def build_contenders(names: Sequence[str], overrides: Sequence[str]) -> tuple[li
             raise ConfigError("method", f"{name}'s config changes model/dataset/generation/runtime; the bench needs them equal")
         contenders.append(Contender(name, cfg, method, gen))
     return contenders, skipped, dataset
-
-
-def load_adapter(cfg: DictConfig) -> tuple[LlavaAdapter, str, str]:
-    from vh_bench.runner import resolve_model_path
-
-    rt = cfg.runtime
-    if rt.num_threads:
-        torch.set_num_threads(int(rt.num_threads))
-    device, dtype = resolve_device(rt)
-    adapter = LlavaAdapter.load(
-        resolve_model_path(cfg),
-        dtype=dtype,
-        device=device,
-        attn_implementation=str(rt.attn_backend),
-        prompt_template=str(cfg.model.prompt_template),
-        name=str(cfg.model.name),
-    )
-    return adapter, device, dtype
 
 
 # ---- measuring ---------------------------------------------------------------------------------
@@ -235,7 +216,9 @@ def interleaved_timings(
             k = i % len(alive)
             order = alive[k:] + alive[:k]
             try:
-                rows = side_by_side(adapter, {c.name: c.method for c in order}, x.inputs, order[0].gen, repeats, warmup=0)
+                # Ratios are taken per repetition in `summarise`, not here (a 1-token decode has no rate).
+                methods = {c.name: c.method for c in order}
+                rows = side_by_side(adapter, methods, x.inputs, order[0].gen, repeats, warmup=0, ratios=False)
                 break
             except Exception:  # noqa: BLE001 - find the method that fails on this sample, drop it, retry
                 culprits = [c for c in list(order) if not works(c, x)]
@@ -388,21 +371,18 @@ def run_speed_bench(
         raise ConfigError("method", "no method could be built: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     cfg = contenders[0].cfg
     rt = cfg.runtime
-    samples = dataset.samples()
-    if rt.limit is not None:
-        samples = samples[: int(rt.limit)]
+    samples = select_samples(dataset, rt.limit)
     warmup = min(int(rt.warmup_samples), len(samples))
     # Random weights with initializer_range 0.3 give many denormal attention probabilities; CPU
     # matmuls over denormals are 10-70x slower on the explicit (eager-order) attention path, which
     # would measure the random model rather than the methods (bench.attention does the same).
     flushed = bool(torch.set_flush_denormal(True)) if flush_denormal else False
     t_load = time.perf_counter()
-    adapter, device, dtype = load_adapter(cfg)
+    set_num_threads(rt)
+    device, dtype = resolve_device(rt)
+    adapter = load_adapter(cfg, resolve_model_path(cfg), device, dtype)
     t_load = time.perf_counter() - t_load
-    prepared = [
-        Prepared(s.sample_id, adapter.prepare(load_rgb(s.image_path), s.prompt), SampleSeeds(int(rt.seed), s.sample_id))
-        for s in samples
-    ]
+    prepared = [Prepared(s.sample_id, prepare_inputs(adapter, s), SampleSeeds(int(rt.seed), s.sample_id)) for s in samples]
     generate = generate_timing(adapter)
     t0 = time.perf_counter()
     timings = interleaved_timings(contenders, prepared, adapter, repeats=repeats, warmup=warmup, progress=progress)
@@ -448,7 +428,7 @@ def run_speed_bench(
             "interleaving": "per sample, method order rotated per (repetition, sample)",
         },
         "environment": {
-            "device": desc.get("gpu") or f"{device}:{desc.get('cpu') or platform.machine()}",
+            "device": desc.get("gpu") or f"{device}:{desc['cpu']}",
             "dtype": dtype,
             "attention": getattr(adapter, "attn_setting", f"text={rt.attn_backend}"),
             "attn_backend": str(rt.attn_backend),

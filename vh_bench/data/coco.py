@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from vh_bench.data.captioning import CaptionDataset
+from vh_bench.data.pope_gen import coco_val2014_name, image_id_from_name
 from vh_bench.errors import ConfigError
 from vh_bench.records import Sample
 
@@ -26,10 +27,6 @@ def read_id_list(path: Path) -> list[int]:
     if len(set(ids)) != len(ids):
         raise ConfigError("dataset.image_ids_file", f"{path} lists duplicate image ids")
     return ids
-
-
-def coco_file_name(image_id: int) -> str:
-    return f"COCO_val2014_{image_id:012d}.jpg"
 
 
 @dataclass(kw_only=True)
@@ -68,7 +65,7 @@ class CocoCaptions(CaptionDataset):
         if self.image_ids_file is not None:
             return read_id_list(Path(self.image_ids_file))
         names = sorted(p.name for p in Path(self.image_dir).glob("COCO_val2014_*.jpg"))
-        all_ids = [int(n.rsplit("_", 1)[1].split(".")[0]) for n in names]
+        all_ids = [image_id_from_name(n) for n in names]
         if self.num_samples > len(all_ids):
             raise ConfigError("dataset.num_samples", f"{self.num_samples} > {len(all_ids)} images in {self.image_dir}")
         return sorted(random.Random(self.sample_seed).sample(all_ids, self.num_samples))
@@ -76,7 +73,7 @@ class CocoCaptions(CaptionDataset):
     def samples(self) -> list[Sample]:
         d = Path(self.image_dir)
         return [
-            Sample(f"coco:{i}", d / coco_file_name(i), self.prompt, {"image_id": i})
+            Sample(f"coco:{i}", d / coco_val2014_name(i), self.prompt, {"image_id": i})
             for i in self.image_ids()
         ]
 

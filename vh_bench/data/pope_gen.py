@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SPLITS: tuple[str, ...] = ("random", "popular", "adversarial")
+from vh_bench.metrics.pope import SPLITS  # the POPE splits (also imported from here, e.g. by OPOPE)
+
 NUM_SAMPLES = 3  # positives (and negatives) per image, metrics.md §4.2 step 1
 
 

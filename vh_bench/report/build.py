@@ -17,7 +17,7 @@ from vh_bench.report.layout import EXTENSIONS, FORMATS, GroupedTable
 from vh_bench.report.paper import chair_table, pope_table
 from vh_bench.report.plot import plot_chair_speed
 from vh_bench.report.records import RunRecord, records_from
-from vh_bench.report.table import format_table, results_frame
+from vh_bench.report.table import format_table, records_frame
 from vh_bench.store import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class Report:
 
 def build_report(results: Sequence[Mapping[str, Any]], *, baseline: str | None = None) -> Report:
     records = records_from(results)
-    return Report(records, chair_table(records, baseline=baseline), pope_table(records), results_frame(results))
+    return Report(records, chair_table(records, baseline=baseline), pope_table(records), records_frame(records))
 
 
 def write_report(

@@ -102,10 +102,8 @@ class GroupedTable:
 
     def _markdown(self) -> str:
         head = list(self.row_headers) + [self._header_name(g, m) for g, m in self.columns]
-        lines = [f"**{self.title}**", "", "| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
-        for row in self.rows:
-            vals = list(row) + [self._text(row, g, m) for g, m in self.columns]
-            lines.append("| " + " | ".join(_md_escape(v) for v in vals) + " |")
+        rows = [list(row) + [self._text(row, g, m) for g, m in self.columns] for row in self.rows]
+        lines = [f"**{self.title}**", "", simple_markdown(head, rows)]
         if self.max_seeds > 1:
             lines += ["", "Cells with several seeds: mean ± sample std over seeds."]
         lines += [""] + self.notes if self.notes else []

@@ -17,8 +17,9 @@ from collections.abc import Iterable, Sequence
 from statistics import mean
 from typing import Any
 
+from vh_bench.metrics.pope import SPLITS as POPE_SPLITS
 from vh_bench.report.layout import Cell, GroupedTable, Metric
-from vh_bench.report.records import POPE_SPLITS, RunRecord
+from vh_bench.report.records import RunRecord
 
 ROW_HEADERS = ("Method", "Decoding", "Setting")
 NOT_COMPARABLE = "†"

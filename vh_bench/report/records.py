@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-POPE_SPLITS = ("random", "popular", "adversarial")
-
 
 def find_results(root: Path) -> list[Path]:
     return sorted(p for p in Path(root).rglob("results.json") if p.is_file())

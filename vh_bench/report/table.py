@@ -11,17 +11,16 @@ from typing import Any
 import pandas as pd
 
 from vh_bench.report.layout import FORMATS, latex_escape, simple_markdown
-from vh_bench.report.records import find_results, load_results, run_record
+from vh_bench.report.records import RunRecord, records_from
 
-__all__ = ["FORMATS", "find_results", "format_table", "load_results", "results_frame"]
+__all__ = ["FORMATS", "format_table", "records_frame", "results_frame"]
 
 
 def _round(x: Any, nd: int) -> float | None:
     return None if x is None else round(float(x), nd)
 
 
-def _row(res: Mapping[str, Any]) -> dict[str, Any]:
-    rec = run_record(res)
+def _row(rec: RunRecord) -> dict[str, Any]:
     gen = rec.generation
     row: dict[str, Any] = {
         "model": rec.model,
@@ -50,14 +49,20 @@ def _row(res: Mapping[str, Any]) -> dict[str, Any]:
     row["ms_tok_p90"] = _round(speed.get("decode_ms_per_token_p90"), 2)
     row["new_tokens"] = _round(speed.get("mean_new_tokens"), 1)
     row["speed_ok"] = rec.speed_comparable
-    row["n"] = res.get("n_done")
-    row["errors"] = res.get("n_errors")
+    row["n"] = rec.raw.get("n_done")
+    row["errors"] = rec.raw.get("n_errors")
     row["run"] = rec.run
     return row
 
 
 def results_frame(results: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    rows = [_row(r) for r in results]
+    """One row per results.json."""
+    return records_frame(records_from(results))
+
+
+def records_frame(records: Iterable[RunRecord]) -> pd.DataFrame:
+    """One row per run record (`results_frame` of records already made)."""
+    rows = [_row(r) for r in records]
     df = pd.DataFrame(rows)
     if df.empty:
         return df
