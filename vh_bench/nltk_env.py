@@ -8,7 +8,6 @@ the command that fixes it.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vh_bench.paths import cache_dir
+from vh_bench.store import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +67,6 @@ def default_data_root() -> Path:
     return Path(env).resolve() if env else cache_dir() / "nltk_data"
 
 
-def sha256_file(path: os.PathLike | str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def missing_files(root: Path, res: Resource) -> list[str]:
     """Required files of `res` that are absent (or not regular files) under `root`."""
     d = root / res.subdir
@@ -83,7 +75,7 @@ def missing_files(root: Path, res: Resource) -> list[str]:
 
 def tagger_weights_ok(root: Path) -> bool:
     weights = root / TAGGER.subdir / TAGGER.files[0]
-    return weights.is_file() and sha256_file(weights) == TAGGER_WEIGHTS_SHA256
+    return weights.is_file() and file_sha256(weights) == TAGGER_WEIGHTS_SHA256
 
 
 def _fail(root: Path, what: str) -> NltkDataError:

@@ -66,7 +66,7 @@ def _install(dest: Path, res: Resource, fill: Callable[[Path], object]) -> bool:
         fill(staging)
         ok = all((staging / f).is_file() and not (staging / f).is_symlink() for f in res.files)
         if ok and res is TAGGER:
-            ok = nltk_env.sha256_file(staging / TAGGER.files[0]) == nltk_env.TAGGER_WEIGHTS_SHA256
+            ok = nltk_env.file_sha256(staging / TAGGER.files[0]) == nltk_env.TAGGER_WEIGHTS_SHA256
         if not ok:
             return False
         staging.chmod(0o755)  # mkdtemp makes it 0700

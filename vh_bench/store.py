@@ -31,6 +31,15 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
+def file_sha256(path: os.PathLike | str) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks: the one file hash for provenance and caches."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def fingerprint(obj: Any) -> str:
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
 
@@ -112,10 +121,11 @@ class SampleWriter:
         # A line cut by a kill has no trailing newline: drop it so the next append starts clean.
         if not self.path.exists() or self.path.stat().st_size == 0:
             return
-        data = self.path.read_bytes()
-        if data.endswith(b"\n"):
-            return
-        cut = data.rfind(b"\n") + 1
+        with self.path.open("rb") as fh:
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) == b"\n":  # the usual case: only the last byte is read
+                return
+        cut = self.path.read_bytes().rfind(b"\n") + 1
         with self.path.open("r+b") as fh:
             fh.truncate(cut)
 

@@ -36,7 +36,7 @@ def test_startup_checks_pass_and_tagger_sha(chair_nltk_root):
     assert Path(nltk.data.path[0]) == chair_nltk_root
     weights = chair_nltk_root / nltk_env.TAGGER.subdir / nltk_env.TAGGER.files[0]
     assert weights.stat().st_size == 5_677_744
-    assert nltk_env.sha256_file(weights) == nltk_env.TAGGER_WEIGHTS_SHA256
+    assert nltk_env.file_sha256(weights) == nltk_env.TAGGER_WEIGHTS_SHA256
     # the §1.3 sanity checks, asserted here too so a silently weakened check cannot pass
     assert nltk.word_tokenize("a man. a dog.") == ["a", "man", ".", "a", "dog", "."]
     assert nltk.pos_tag(["a", "man"]) == [("a", "DT"), ("man", "NN")]

@@ -9,7 +9,6 @@ never percentages (§0); a zero denominator gives `None` (JSON null) and a warni
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ from vh_bench.metrics.chair_words import (
     words_from_tokens,
 )
 from vh_bench.metrics.pope import read_json_records
+from vh_bench.store import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -186,10 +186,6 @@ def evaluate_chair(captions: Sequence[tuple[int, str]], gt: GroundTruth, *, dial
 # Inputs (§1.1)
 
 
-def _sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _get(record: dict, key: str) -> Any:
     """`record[key]`, or a dotted path (`meta.image_id`) into nested objects."""
     if key in record:
@@ -304,7 +300,7 @@ def score_caption_file(captions_path: os.PathLike | str, *, preset: str | None =
     if preset is not None and cfg["preset"] != preset:
         log.warning("CHAIR: preset %s overridden by explicit dialect/gt; recorded preset %s",
                     preset, cfg["preset"])
-    cfg["captions"] = {"name": str(cap_path), "sha256": _sha256_file(cap_path)}
+    cfg["captions"] = {"name": str(cap_path), "sha256": file_sha256(cap_path)}
     cfg["image_list"] = None if image_list is None else {
-        "name": Path(image_list).name, "sha256": _sha256_file(Path(image_list)), "n_ids": len(listed or [])}
+        "name": Path(image_list).name, "sha256": file_sha256(image_list), "n_ids": len(listed or [])}
     return result

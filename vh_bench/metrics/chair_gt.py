@@ -28,6 +28,7 @@ from vh_bench.metrics.chair_words import (
 )
 from vh_bench.paths import cache_dir as default_cache_root
 from vh_bench.paths import shared_dir
+from vh_bench.store import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -162,14 +163,6 @@ def annotation_files(directory: Path) -> tuple[list[Path], list[Path]]:
     return instances, captions
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _cache_key(input_shas: Mapping[str, str], dialect: str, synonyms: SynonymTable,
                wanted: set[int] | None) -> str:
     import nltk
@@ -287,7 +280,7 @@ def build_ground_truth(annotation_dir: os.PathLike | str, *, dialect: str = "ope
     inst_paths, cap_paths = annotation_files(directory)
     syn = load_synonyms(synonyms_path)
     wanted = None if image_ids is None else {int(i) for i in image_ids}
-    input_shas = {p.name: _sha256_file(p) for p in inst_paths + cap_paths}
+    input_shas = {p.name: file_sha256(p) for p in inst_paths + cap_paths}
     key = _cache_key(input_shas, dialect, syn, wanted)
     root = Path(cache_dir) if cache_dir is not None else default_cache_root() / "chair_gt"
     target = Path(out) if out is not None else root / f"gt_{key}.json.gz"

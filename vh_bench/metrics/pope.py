@@ -6,7 +6,6 @@ to questions by `question_id`, never by position (§3.3). No torch here.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -14,6 +13,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+
+from vh_bench.store import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +41,6 @@ class PopeInputError(ValueError):
 # --------------------------------------------------------------------------------------------
 # Reading JSON / JSONL with line numbers
 # --------------------------------------------------------------------------------------------
-
-
-def file_sha256(path: Path | str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _parse_json_array(text: str, path: Path | str) -> list[tuple[int, Any]]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from vh_bench.metrics.pope import PARSERS, SPLITS, PopeMetrics, QuestionSet, aggregate_splits, evaluate_files
+from vh_bench.store import file_sha256
 
 
 def register(subparsers: Any) -> None:
@@ -89,7 +90,6 @@ def run_pope(args: argparse.Namespace) -> dict[str, Any]:
 def run_opope(args: argparse.Namespace) -> dict[str, Any]:
     from vh_bench.data.pope_gen import read_objects_jsonl
     from vh_bench.metrics.opope import evaluate, load_captions, load_objects_cache
-    from vh_bench.metrics.pope import file_sha256
 
     caps = load_captions(args.captions, args.image_id_key, args.caption_key)
     if args.gt is not None:
