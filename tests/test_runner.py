@@ -106,25 +106,27 @@ def test_missing_image_id_list(tmp_path: Path, no_model_loading: None) -> None:
         plan(cfg)
 
 
-def test_model_directory_that_is_not_llava(tmp_path: Path, no_model_loading: None) -> None:
-    bad = tmp_path / "bert"
-    bad.mkdir()
-    (bad / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    cfg = compose([results_override(tmp_path), "model=llava-1.5-7b", f"model.path={bad}"])
-    with pytest.raises(ConfigError, match=r"config `model.path`.*'bert' checkpoint, not 'llava'"):
-        plan(cfg)
-    cfg = compose([results_override(tmp_path), "model=llava-1.5-7b", f"model.path={tmp_path}/absent"])
-    with pytest.raises(ConfigError, match=r"config `model.path`.*does not exist"):
-        plan(cfg)
+def _llava_plan(tmp_path: Path, model_path: Path):
+    return plan(compose([results_override(tmp_path), "model=llava-1.5-7b", f"model.path={model_path}"]))
 
 
-def test_checkpoint_without_weights(tmp_path: Path, no_model_loading: None) -> None:
-    ckpt = tmp_path / "llava"
+@pytest.mark.parametrize(
+    ("model_type", "match"),
+    [("bert", r"config `model.path`.*'bert' checkpoint, not 'llava'"), ("llava", "no weight files")],
+)
+def test_checkpoint_directory_that_cannot_be_loaded(
+    tmp_path: Path, no_model_loading: None, model_type: str, match: str
+) -> None:
+    ckpt = tmp_path / model_type
     ckpt.mkdir()
-    (ckpt / "config.json").write_text(json.dumps({"model_type": "llava"}))
-    cfg = compose([results_override(tmp_path), "model=llava-1.5-7b", f"model.path={ckpt}"])
-    with pytest.raises(ConfigError, match="no weight files"):
-        plan(cfg)
+    (ckpt / "config.json").write_text(json.dumps({"model_type": model_type}))
+    with pytest.raises(ConfigError, match=match):
+        _llava_plan(tmp_path, ckpt)
+
+
+def test_missing_model_directory(tmp_path: Path, no_model_loading: None) -> None:
+    with pytest.raises(ConfigError, match=r"config `model.path`.*does not exist"):
+        _llava_plan(tmp_path, tmp_path / "absent")
 
 
 def test_corrupt_and_missing_images_are_recorded_and_the_run_continues(tmp_path: Path) -> None:
