@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
+from vh_bench.data.images import two_shapes
 from vh_bench.models.llava import LlavaAdapter
 from vh_bench.models.tiny import TinySpec, build_tiny_llava
 from vh_bench.paths import cache_dir
@@ -51,11 +52,7 @@ def tiny_adapter_explicit() -> LlavaAdapter:
 
 @pytest.fixture(scope="session")
 def test_image() -> Image.Image:
-    img = Image.new("RGB", (320, 240), (40, 120, 200))
-    draw = ImageDraw.Draw(img)
-    draw.rectangle([30, 40, 150, 200], fill=(220, 30, 30))
-    draw.ellipse([170, 60, 300, 190], fill=(250, 220, 40))
-    return img
+    return two_shapes((320, 240), (40, 120, 200), (30, 40, 150, 200), (170, 60, 300, 190))
 
 
 @pytest.fixture(scope="session")

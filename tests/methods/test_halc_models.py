@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from methods.halc import HALC
 from methods.halc_grounding import GroundingDinoDetector, Owlv2Detector, normalise_boxes
 from methods.halc_scorer import BlipScorer
 from tests.helpers import FAST, results_override
 from vh_bench.config import compose
+from vh_bench.data.images import two_shapes
 from vh_bench.errors import ConfigError
 from vh_bench.models import llava
 from vh_bench.models.auxiliary import load_aux
@@ -33,11 +34,7 @@ def _load(kind: str):
 @pytest.fixture(scope="module")
 def wide_image() -> Image.Image:
     """A 2:1 image: OWLv2 pads it to a square, so its boxes need the padded-frame correction."""
-    img = Image.new("RGB", (320, 160), (30, 90, 160))
-    draw = ImageDraw.Draw(img)
-    draw.rectangle([20, 20, 140, 150], fill=(230, 40, 40))
-    draw.ellipse([180, 10, 300, 120], fill=(240, 210, 60))
-    return img
+    return two_shapes((320, 160), (30, 90, 160), (20, 20, 140, 150), (180, 10, 300, 120), ((230, 40, 40), (240, 210, 60)))
 
 
 def test_owlv2_cached_image_side_equals_the_full_forward(wide_image: Image.Image) -> None:

@@ -19,9 +19,10 @@ from statistics import median
 from typing import Any
 
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from vh_bench.config import compose, to_plain
+from vh_bench.data.images import two_shapes
 from vh_bench.decoding.attention import AttentionController, AttentionHandler, ControlledStepper
 from vh_bench.decoding.branch import Branch
 from vh_bench.decoding.method import Method
@@ -146,11 +147,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
 
 
 def bench_image() -> Image.Image:
-    img = Image.new("RGB", (480, 360), (40, 120, 200))
-    draw = ImageDraw.Draw(img)
-    draw.rectangle([40, 50, 220, 300], fill=(220, 30, 30))
-    draw.ellipse([250, 80, 450, 280], fill=(250, 220, 40))
-    return img
+    return two_shapes((480, 360), (40, 120, 200), (40, 50, 220, 300), (250, 80, 450, 280))
 
 
 def main(argv: list[str] | None = None) -> int:

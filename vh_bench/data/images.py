@@ -4,9 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageDraw, UnidentifiedImageError
+
+RGB = tuple[int, int, int]
+Box = tuple[int, int, int, int]
 
 from vh_bench.errors import SampleError
+
+
+def two_shapes(size: tuple[int, int], background: RGB, rectangle: Box, ellipse: Box,
+               colours: tuple[RGB, RGB] = ((220, 30, 30), (250, 220, 40))) -> Image.Image:
+    """A synthetic scene, a rectangle and an ellipse on a plain background (benches, tests)."""
+    img = Image.new("RGB", size, background)
+    draw = ImageDraw.Draw(img)
+    draw.rectangle(rectangle, fill=colours[0])
+    draw.ellipse(ellipse, fill=colours[1])
+    return img
 
 
 def load_rgb(path: Path) -> Image.Image:
