@@ -228,6 +228,14 @@ class VASparse(Method):
         hp["kernel"] = self.kernel
         return hp
 
+    @property
+    def label(self) -> str:
+        """Display name in results and tables: the Table 4 components switched off, if any."""
+        off = [name for name, gone in (("VATS", not self.vats.enabled), ("P", self.lam == 0),
+                                       ("SVCD", not self.svcd.enabled), ("S^m", self.svcd.mask_ratio == 0),
+                                       ("SAP", not self.sap.enabled)) if gone]
+        return self.name + (" w/o " + ", ".join(off) if off else "")
+
     def implementation(self) -> dict[str, Any]:
         """What ran, for results.json: the kernel `auto` resolved to (None before any generation)."""
         return {"vasparse_kernel": self.resolved_kernel}

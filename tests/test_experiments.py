@@ -20,7 +20,7 @@ def _results(root: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_demo_experiment_runs_every_method_on_both_demo_datasets(tmp_path: Path) -> None:
-    proc = run_cli(["-m", "experiment=demo", *SMALL, results_override(tmp_path)])
+    proc = run_cli(["-m", "experiment=demo_tiny", *SMALL, results_override(tmp_path)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = _results(tmp_path)
     got = sorted((r["method_label"], r["dataset"]) for r in results)
@@ -29,7 +29,7 @@ def test_demo_experiment_runs_every_method_on_both_demo_datasets(tmp_path: Path)
     assert all(r["complete"] and r["n_errors"] == 0 for r in results)
     assert all("chair" in r["metrics"] for r in results if r["dataset"] == "demo")
     assert all("f1" in r["metrics"] for r in results if r["dataset"] == "demo_pope")
-    demo_dir = tmp_path / "demo"
+    demo_dir = tmp_path / "demo_tiny"
     assert {"table1_chair.md", "table2_pope.md", "chair_vs_speed.png", "chair_vs_speed.pdf"} <= {p.name for p in demo_dir.iterdir()}
 
 

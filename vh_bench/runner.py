@@ -32,6 +32,7 @@ from vh_bench.decoding.seeding import SampleSeeds
 from vh_bench.errors import ConfigError, SampleError, ScoringError
 from vh_bench.metrics.speed import speed_from_rows
 from vh_bench.models.llava import DTYPES, LlavaAdapter, ModelInputs, check_checkpoint
+from vh_bench.models.weights import check_weights_sha256
 from vh_bench.models.templates import resolve_template
 from vh_bench.provenance import device_description, git_commit, library_versions
 from vh_bench.records import GenConfig, Sample
@@ -81,12 +82,15 @@ def build_dataset(cfg: DictConfig) -> Dataset:
 
 def model_identity(cfg: DictConfig) -> dict[str, Any]:
     m = cfg.model
-    return {
+    ident = {
         "name": m.name,
         "path": m.path if m.tiny is None else None,
         "tiny": to_plain(m.tiny),
         "prompt_template": resolve_template(str(m.prompt_template)),
     }
+    if m.get("sha256"):  # a shipped checkpoint's weights (model=scenes): a retrained one gets new runs
+        ident["sha256"] = str(m.sha256)
+    return ident
 
 
 def resolve_model_path(cfg: DictConfig) -> str:
@@ -160,6 +164,8 @@ def plan(cfg: DictConfig) -> Plan:
     method.check_runtime(device, DTYPES[dtype])
     if cfg.model.tiny is None:
         check_checkpoint(str(cfg.model.path))
+        if cfg.model.get("sha256"):
+            check_weights_sha256(str(cfg.model.path), str(cfg.model.sha256))
     dataset.check()
     identity = {
         "model": model_identity(cfg),

@@ -51,9 +51,10 @@ class TinySpec:
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
-def build_tokenizer_object() -> Tokenizer:
-    """A WordLevel tokenizer over caption words + COCO object words, LLaVA's special ids."""
-    words = vocabulary()
+def build_tokenizer_object(words: list[str] | None = None) -> Tokenizer:
+    """A WordLevel tokenizer over `words` (default: caption words + COCO object words), LLaVA's
+    special ids."""
+    words = vocabulary() if words is None else words
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
     for w in words:
         vocab.setdefault(w, len(vocab))
@@ -70,12 +71,12 @@ def build_tokenizer_object() -> Tokenizer:
     return tok
 
 
-def _make_processor(spec: TinySpec):
+def make_processor(spec: TinySpec, words: list[str] | None = None):
     from transformers import LlavaProcessor, PreTrainedTokenizerFast
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=build_tokenizer_object(),
+        tokenizer_object=build_tokenizer_object(words),
         unk_token="<unk>",
         bos_token="<s>",
         eos_token="</s>",
@@ -96,7 +97,7 @@ def _make_processor(spec: TinySpec):
     )
 
 
-def _make_model(spec: TinySpec, vocab_size: int, image_token_id: int):
+def make_model(spec: TinySpec, vocab_size: int, image_token_id: int):
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
     vision = CLIPVisionConfig(
@@ -146,9 +147,9 @@ def build_tiny_llava(spec: TinySpec, cache_dir: str | os.PathLike) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     log.info("building random-weight LLaVA %s in %s", spec, target)
-    processor = _make_processor(spec)
+    processor = make_processor(spec)
     tok = processor.tokenizer
-    model = _make_model(spec, vocab_size=len(tok), image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN))
+    model = make_model(spec, vocab_size=len(tok), image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN))
     save_checkpoint(target, model, processor, asdict(spec))
     return target
 
