@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     if cmd == "train":
         from vh_bench.scenes import train
 
-        train.run(_compose("train", overrides), argv)
+        train.run(_compose("train", overrides), overrides)
         return 0
     if cmd == "curve":
         from vh_bench.scenes import curve

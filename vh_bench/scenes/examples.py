@@ -82,9 +82,22 @@ def qa_pair(scene: Scene, rng: random.Random) -> tuple[str, str]:
     return question(rng.choice([n for n in NAMES if n not in present])), "No"
 
 
+def captioned_names(names: list[str], rng: random.Random, absent_partner_rate: float) -> list[str]:
+    """The objects a training caption names: the drawn ones, plus, for each A drawn without its
+    partner B, B with probability `absent_partner_rate` (captioners name what they expect to see,
+    as COCO's human captions and LLaVA's generated data do). The image then shows B absent while
+    the caption names it: the prior the model learns is weaker than "after A say B"."""
+    said = list(names)
+    for a, b in PLANTED_PAIRS:
+        if a in names and b not in names and rng.random() < absent_partner_rate:
+            said.append(b)
+    return said
+
+
 def image_examples(encoder: Encoder, cfg: ScenesConfig, p_partner: float, seed: int,
-                   qa_fraction: float) -> Iterator[Example]:
-    """Endless image–caption / image–question examples (JPEG-compressed at a random quality)."""
+                   qa_fraction: float, absent_partner_rate: float = 0.0) -> Iterator[Example]:
+    """Endless image–caption / image–question examples (JPEG-compressed at a random quality).
+    Questions are always truthful; captions may name an absent partner (`captioned_names`)."""
     rng = random.Random(f"vh_bench.scenes|examples|{seed}")
     for scene in train_stream(cfg, p_partner, seed):
         image = jpeg_roundtrip(render_scene(scene), rng.randint(70, 95))
@@ -92,7 +105,8 @@ def image_examples(encoder: Encoder, cfg: ScenesConfig, p_partner: float, seed: 
             q, a = qa_pair(scene, rng)
             yield encoder.encode(q, a, image)
         else:
-            yield encoder.encode(CAPTION_PROMPT, caption(caption_order(scene.names, rng)), image)
+            names = captioned_names(scene.names, rng, absent_partner_rate)
+            yield encoder.encode(CAPTION_PROMPT, caption(caption_order(names, rng)), image)
 
 
 def text_examples(encoder: Encoder, cfg: ScenesConfig, p_partner: float, seed: int) -> Iterator[Example]:

@@ -211,12 +211,20 @@ def run(cfg: dict[str, Any], argv: list[str] | None = None) -> Path:
         evaluate(0)
 
     if step < ims["steps"]:
-        images = _loader(lambda: image_examples(encoder, scenes_cfg, scenes_cfg.p_partner, seed * 1000 + 1 + step,
-                                                ims["qa_fraction"]), ims["batch"], pad)
+        def rate(at: int) -> float:
+            return float(ims["absent_partner_rate"]) if at >= int(ims["absent_partner_from"]) else 0.0
+
+        def image_loader(at: int):
+            return _loader(lambda: image_examples(encoder, scenes_cfg, scenes_cfg.p_partner, seed * 1000 + 1 + at,
+                                                  ims["qa_fraction"], rate(at)), ims["batch"], pad)
+
+        images = image_loader(step)
         texts = _loader(lambda: text_examples(encoder, scenes_cfg, ts["p_partner"], seed * 1000 + 2 + step),
                         ims["text_batch"], pad) if ims["text_every"] else None
         bar = tqdm(range(step, ims["steps"]), desc="stage 2 (images)", initial=step, total=ims["steps"])
         for step in bar:
+            if step > 0 and rate(step) != rate(step - 1):
+                images = image_loader(step)  # the captions' absent-partner rate starts here
             f = _lr_factor(step, ims["steps"], ims["warmup"])
             for g in opt.param_groups:
                 g["lr"] = g["base"] * f
