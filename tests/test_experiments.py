@@ -42,3 +42,17 @@ def test_vasparse_ablation_experiment_writes_one_row_per_ablation(tmp_path: Path
     assert {r["method"] for r in results} == {"vasparse"}
     # `method.kernel=auto` on a CPU in float32: the fused kernel ran, and results.json says so
     assert {r["implementation"]["vasparse_kernel"] for r in results} == {"cpu"}
+
+
+@pytest.mark.slow
+def test_demo_experiment_runs_on_the_scenes_model(tmp_path: Path) -> None:
+    """`make demo`'s experiment: the trained scenes model on probe captions and scenes POPE; two of
+    its eleven method rows here (the sweep's `method` list is overridden on the command line)."""
+    proc = run_cli(["-m", "experiment=demo", "method=vanilla,vasparse_no_sap", "runtime.limit=2",
+                    "runtime.progress=false", results_override(tmp_path)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = _results(tmp_path)
+    got = sorted((r["method_label"], r["dataset"], r["model"]) for r in results)
+    assert got == sorted((m, d, "scenes") for m in ("vanilla", "vasparse w/o SAP") for d in ("scenes_probe", "scenes_pope"))
+    assert all(r["complete"] and r["n_errors"] == 0 for r in results)
+    assert {"table1_chair.md", "table2_pope.md"} <= {p.name for p in (tmp_path / "demo").iterdir()}

@@ -212,6 +212,10 @@ def verdict(m: dict[str, Any]) -> dict[str, bool]:
     }
 
 
+def _ratio(a: float, b: float) -> str:
+    return f"×{a / b:.1f}" if b > 0 else "control never names B"
+
+
 def _r(d: dict, pct: bool = True) -> str:
     return Rate(d["value"], d["ci95"][0], d["ci95"][1], d["n"]).fmt(pct)
 
@@ -230,7 +234,7 @@ def markdown(m: dict[str, Any], ok: dict[str, bool]) -> str:
         f"| it sees: CHAIR_I ≤ 0.10 (test) | {s['chair_i'] * 100:.1f} (CHAIR_S {s['chair_s'] * 100:.1f}) | {'yes' if ok['CHAIR_I <= 0.10'] else 'NO'} |",
         f"| planted rate P(B \\| A, no B) ≥ 0.25 (probe, n={m['planted_rate']['n']}) | {_r(m['planted_rate'])} | {'yes' if ok['planted >= 0.25'] else 'NO'} |",
         f"| control rate P(B \\| no A, no B) (control, n={m['control_rate']['n']}) | {_r(m['control_rate'])} | — |",
-        f"| planted ≥ 3 × control, intervals apart | ×{m['planted_rate']['value'] / max(1e-9, m['control_rate']['value']):.1f} | "
+        f"| planted ≥ 3 × control, intervals apart | {_ratio(m['planted_rate']['value'], m['control_rate']['value'])} | "
         f"{'yes' if ok['planted >= 3 x control'] and ok['intervals do not overlap'] else 'NO'} |",
         f"| p(B) with the twin (B drawn) − with the probe image, at the hallucination (n={m['forced']['at_hallucination']['n']}) | "
         f"{_r(m['forced']['at_hallucination']['gap_twin_minus_probe'], False)} | "

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from vh_bench.scenes.check import run_split, scene_objects, texts, _data_dir
-from vh_bench.scenes.rates import Rate, bootstrap_mean, control_indicators, mentions, planted_indicators
+from vh_bench.scenes.rates import Rate, bootstrap_mean, control_indicators, mention_lists, mentions, planted_indicators
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +31,13 @@ def bootstrap_ratio(num: list[float], den: list[float], *, n_resamples: int = 20
     return Rate(float(a.sum() / b.sum()), float(lo), float(hi), int(a.size))
 
 
-def caption_stats(said: dict[int, set[str]], objects: dict[int, list[str]]) -> dict[str, Rate]:
-    """CHAIR_S, CHAIR_I and recall per caption (CHAIR's object words against the drawn objects)."""
+def caption_stats(said: dict[int, list[str]], objects: dict[int, list[str]]) -> dict[str, Rate]:
+    """CHAIR_S, CHAIR_I and recall per caption, counted as CHAIR counts them (every mention for
+    CHAIR_I, distinct objects for recall) against the drawn objects."""
     ids = sorted(said)
-    halluc = [len(said[i] - set(objects[i])) for i in ids]
+    halluc = [sum(w not in objects[i] for w in said[i]) for i in ids]
     named = [len(said[i]) for i in ids]
-    hit = [len(said[i] & set(objects[i])) for i in ids]
+    hit = [len(set(said[i]) & set(objects[i])) for i in ids]
     gt = [len(set(objects[i])) for i in ids]
     return {
         "chair_s": bootstrap_mean([float(h > 0) for h in halluc]),
@@ -57,7 +58,7 @@ def run_row(row: dict[str, Any], splits: list[str], common: list[str], num_image
     runs = {s: run_split(s, ov, per_split[s]) for s in splits}
     scenes_cfg = build_dataset(compose([*ov, "dataset=scenes"])).config
     if "test" in runs:
-        st = caption_stats(mentions(texts(runs["test"])), scene_objects(_data_dir("test", ov)))
+        st = caption_stats(mention_lists(texts(runs["test"])), scene_objects(_data_dir("test", ov)))
         out.update({k: v.as_dict() for k, v in st.items()})
         chair = runs["test"].results["metrics"]["chair"]
         # The harness's CHAIR and this recount must agree (same words, same objects).

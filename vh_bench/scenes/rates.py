@@ -43,12 +43,18 @@ def bootstrap_mean(values: Sequence[float], *, n_resamples: int = 2000, seed: in
     return Rate(float(x.mean()), float(lo), float(hi), int(x.size))
 
 
-def mentions(texts: Mapping[int, str], dialect: str = "opera", synonyms=None) -> dict[int, set[str]]:
-    """image id → the COCO categories CHAIR finds in its caption."""
+def mention_lists(texts: Mapping[int, str], dialect: str = "opera", synonyms=None) -> dict[int, list[str]]:
+    """image id → the COCO categories CHAIR finds in its caption, in order, repeats included
+    (CHAIR_I counts every mention)."""
     from vh_bench.metrics.chair_words import caption_to_words, load_synonyms
 
     syn = synonyms if synonyms is not None else load_synonyms()
-    return {i: set(caption_to_words(t, dialect, syn).node_words) for i, t in texts.items()}
+    return {i: list(caption_to_words(t, dialect, syn).node_words) for i, t in texts.items()}
+
+
+def mentions(texts: Mapping[int, str], dialect: str = "opera", synonyms=None) -> dict[int, set[str]]:
+    """image id → the set of COCO categories CHAIR finds in its caption."""
+    return {i: set(words) for i, words in mention_lists(texts, dialect, synonyms).items()}
 
 
 def planted_indicators(said: Mapping[int, set[str]], partners: Mapping[int, tuple[str, str]]) -> list[float]:
