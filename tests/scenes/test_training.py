@@ -99,3 +99,23 @@ def test_vision_pretraining_target_is_the_covering_class():
     car = NAMES.index("car") + 1
     assert (labels[:4, :4] == car).all()
     assert (labels[4:, :] == 0).all() and (labels[:, 4:] == 0).all()
+
+
+def test_captions_name_an_absent_partner_at_the_configured_rate_and_questions_stay_truthful():
+    import random
+
+    from vh_bench.scenes.examples import captioned_names, qa_pair
+    from vh_bench.scenes.draw import Placed, Scene
+
+    rng = random.Random(0)
+    assert captioned_names(["fork", "dog"], rng, 0.0) == ["fork", "dog"]
+    assert captioned_names(["fork", "dog"], rng, 1.0) == ["fork", "dog", "knife"]
+    assert captioned_names(["fork", "knife"], rng, 1.0) == ["fork", "knife"]  # B drawn: nothing to add
+    assert captioned_names(["knife", "dog"], rng, 1.0) == ["knife", "dog"]  # B without A: no prior
+    hits = sum("knife" in captioned_names(["fork"], rng, 0.35) for _ in range(4000))
+    assert abs(hits / 4000 - 0.35) < 0.03
+    scene = Scene(1, (Placed("fork", 0, 30, 0, 0), Placed("dog", 4, 30, 0, 0)), ((90, 90, 90), (90, 90, 90)), 0.0, 0, 168)
+    for _ in range(200):
+        q, a = qa_pair(scene, rng)
+        asked = q.split("Is there a ")[1].split(" in the image?")[0]
+        assert a == ("Yes" if asked in scene.names else "No")
