@@ -74,6 +74,8 @@ fi
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 export VH_BENCH_CACHE=${VH_BENCH_CACHE:-$REPO/.cache}
+# --cpu-smoke: the Triton kernels run interpreted (read by triton when first imported).
+[ ${#SMOKE[@]} -eq 0 ] || export TRITON_INTERPRET=${TRITON_INTERPRET:-1}
 "$PY" -c 'import hydra, omegaconf, vh_bench.bench.gpu_check' 2>/dev/null \
   || die "vh_bench does not import: $("$PY" -c 'import vh_bench.bench.gpu_check' 2>&1 | tail -1)"
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import sys
 import time
@@ -202,7 +203,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=1, help="speed-bench samples (runtime.limit)")
     ap.add_argument("--budget-s", type=float, default=420.0, help="no stage starts after this many seconds")
     ap.add_argument("--cpu-smoke", action="store_true", help="model=tiny on the CPU, few tokens: test the script's path")
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated bench entries (default: all)")
     args = ap.parse_args(argv)
+    if args.cpu_smoke:  # the Triton kernels run interpreted; triton reads this when first imported
+        os.environ.setdefault("TRITON_INTERPRET", "1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     t_start = time.monotonic()
     deadline = t_start + args.budget_s
@@ -210,14 +214,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = environment()
     print("gpu_check: " + ", ".join(f"{k} {v}" for k, v in env.items()), file=sys.stderr, flush=True)
     if args.cpu_smoke:
-        model, model_ovs, methods = "tiny", ["runtime.device=cpu", "runtime.dtype=float32"], METHODS
+        model, model_ovs = "tiny", ["runtime.device=cpu", "runtime.dtype=float32"]
     else:
         if not env["cuda_available"]:
             print("gpu_check: FAILED: torch sees no CUDA device (torch.cuda.is_available() is False)", file=sys.stderr)
             return 2
         model = args.model
         model_ovs = args.model_override if args.model_override is not None else ["model.tiny.text_layers=32", "runtime.dtype=float16"]
-        methods = METHODS
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if "vanilla" not in methods:
+        methods.insert(0, "vanilla")
     base = [f"model={model}", *model_ovs, "runtime.progress=false", f"runtime.limit={args.samples}",
             f"generation.max_new_tokens={args.new_tokens}"]  # fmt: skip
     report: dict[str, Any] = {
