@@ -233,7 +233,13 @@ def cuda_kernels(method: Any, adapter: Any, inputs: Any, gen: Any, seeds: Any) -
         out = method.generate(adapter, inputs, gen, seeds)
         torch.cuda.synchronize()
     kinds: Counter = Counter()
-    for evt in prof.events():
-        if evt.device_type == torch.autograd.DeviceType.CUDA:
-            kinds["memcpy" if "memcpy" in evt.name.lower() else "memset" if "memset" in evt.name.lower() else "kernel"] += 1
-    return {"total": sum(kinds.values()), "by_kind": dict(kinds), "n_new_tokens": out.n_new_tokens}
+    events = prof.events()
+    names = [e.name for e in events if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
+    how = "device events"
+    if not names:  # profilers that attach device activities to the CPU calls that launched them
+        names = [getattr(k, "name", str(k)) for e in events for k in getattr(e, "kernels", [])]
+        how = "kernels attached to CPU events"
+    for name in names:
+        low = name.lower()
+        kinds["memcpy" if "memcpy" in low else "memset" if "memset" in low else "kernel"] += 1
+    return {"total": sum(kinds.values()), "by_kind": dict(kinds), "n_new_tokens": out.n_new_tokens, "counted_from": how}
