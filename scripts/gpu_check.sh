@@ -34,20 +34,33 @@ done
 mkdir -p "$OUT_DIR" || die "cannot create the output folder $OUT_DIR"
 
 command -v "$PY" >/dev/null 2>&1 || die "no $PY on PATH (set PYTHON=/path/to/python3)"
-"$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' || die "$PY is older than Python 3.10"
-"$PY" -c 'import torch' >/dev/null 2>&1 || die "torch does not import with $PY ($("$PY" -c 'import torch' 2>&1 | tail -1))"
-"$PY" - <<'PYEOF' || die "printing versions failed"
-import platform, torch
+# One interpreter start for the checks (torch's import is the slow part): python ≥ 3.10, torch,
+# versions, CUDA. Exit 3: old python, 4: no torch, 5: no CUDA (not asked for with --cpu-smoke).
+NEED_CUDA=1
+[ ${#SMOKE[@]} -eq 0 ] || NEED_CUDA=0
+NEED_CUDA=$NEED_CUDA "$PY" - <<'PYEOF'
+import os, platform, sys
+if sys.version_info < (3, 10):
+    sys.exit(3)
+try:
+    import torch
+except Exception as exc:
+    print(f"gpu_check: importing torch: {type(exc).__name__}: {exc}")  # stdout: the failure stays one line
+    sys.exit(4)
+cuda = torch.cuda.is_available()
 print(f"gpu_check: python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
-      f"cuda available: {torch.cuda.is_available()}"
-      + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""))
+      f"cuda available: {cuda}" + (f", {torch.cuda.get_device_name(0)}" if cuda else ""))
+sys.exit(5 if os.environ["NEED_CUDA"] == "1" and not cuda else 0)
 PYEOF
-if [ ${#SMOKE[@]} -eq 0 ]; then
-  "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' \
-    || die "torch sees no CUDA device (driver, CUDA_VISIBLE_DEVICES?); --cpu-smoke tests the script without one"
-  if command -v nvidia-smi >/dev/null 2>&1; then
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | sed 's/^/gpu_check: nvidia-smi: /'
-  fi
+case $? in
+  0) ;;
+  3) die "$PY is older than Python 3.10" ;;
+  4) die "torch does not import with $PY" ;;
+  5) die "torch sees no CUDA device (driver, CUDA_VISIBLE_DEVICES?); --cpu-smoke tests the script without one" ;;
+  *) die "checking python and torch failed" ;;
+esac
+if [ $NEED_CUDA -eq 1 ] && command -v nvidia-smi >/dev/null 2>&1; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | sed 's/^/gpu_check: nvidia-smi: /'
 fi
 
 # Missing Python packages, from the wheel folder (only the missing ones: never shadow what is there).
