@@ -19,7 +19,7 @@ export TORCH_EXTENSIONS_DIR ?= $(abspath .cache/torch_extensions)
 
 STAMP := $(VENV)/.vh_bench-installed
 
-.PHONY: install nltk wordnet test demo bench report clean
+.PHONY: install nltk wordnet test demo bench report clean gpu-wheels gpu-check
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,14 @@ demo: nltk
 
 bench: nltk
 	$(PY) -m vh_bench.bench speed
+
+# The wheels scripts/gpu_check.sh installs on a GPU machine without a registry (into .whl/).
+gpu-wheels:
+	PYTHON=$(PY) scripts/fetch_gpu_wheels.sh .whl
+
+# On a GPU machine: identity, launches and speed on the 7B-shaped model (scripts/gpu_check.sh).
+gpu-check:
+	scripts/gpu_check.sh
 
 clean:
 	rm -rf .cache results/runs results/multirun results/outputs

@@ -19,7 +19,7 @@ import torch
 
 from methods.vasparse_attention import Layout, VASparseLayer, VASparseState, VATSParams
 from methods.vasparse_fused import KERNELS
-from methods.vasparse_fused import load as load_kernel
+from methods.vasparse_fused import load_kernel
 from methods.vasparse_fused import resolve as resolve_kernel
 from methods.vasparse_select import NORMALIZE, SCOPES
 from methods.vasparse_svcd import EmbeddingContrast, SparseContrastBranch, draw_image_mask
@@ -121,7 +121,7 @@ class VASparseStepper:
             method.lam, method.sparsity, vats.scope, vats.normalize, vats.merge, vats.cluster_ratio, vats.knn_k
         )
         method.resolved_kernel = resolve_kernel(method.kernel, adapter.device, adapter.dtype)
-        kernel = load_kernel() if method.resolved_kernel == "cpu" else None
+        kernel = load_kernel(method.resolved_kernel)
         self.handlers: dict[int, VASparseLayer] = {}
         saliency_layers = {saliency_layer} if saliency_layer is not None else set()
         for layer in sorted(vats_layers | sap_layers | saliency_layers):
@@ -211,7 +211,7 @@ class VASparse(Method):
     svcd: SVCDConfig = field(default_factory=SVCDConfig)
     sap: SAPConfig = field(default_factory=SAPConfig)
     record_extras: bool = False
-    kernel: str = "auto"  # auto | cpu | torch: how decode-step attention runs (methods.vasparse_fused)
+    kernel: str = "auto"  # auto | cpu | triton | torch: how decode-step attention runs (methods.vasparse_fused)
     name = "vasparse"
 
     def __post_init__(self) -> None:

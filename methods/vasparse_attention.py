@@ -13,8 +13,9 @@ Decode step, layer ℓ, explicit path (methods.md §6.5):
   6. â = redistribution of the virtual probabilities to D; c += â; saliency layer appends r
 The real KV cache is only read: virtual keys live for one call.
 
-With `kernel` set (the fused CPU kernel of `methods.vasparse_fused`), a decode step's steps 1–6 run
-in one kernel call per layer (`attend`) instead; the prefill and the `text` scope stay on this path.
+With `kernel` set (the fused CPU kernel of `methods.vasparse_fused` or the Triton kernel of
+`methods.vasparse_triton`), a decode step's steps 1–6 run in one kernel call per layer (`attend`)
+instead; the prefill and the `text` scope stay on this path.
 """
 
 from __future__ import annotations
@@ -35,8 +36,21 @@ from methods.vasparse_select import (
     vats_delta,
 )
 from vh_bench.decoding.attention import AttentionHandler, AttnCall
+from vh_bench.decoding.launches import CustomKernel
 
 DROPPED = torch.finfo(torch.float32).min  # the attention layer's recommended "−inf" for a dropped key
+_CPU_LAUNCH = CustomKernel("vasparse_cpu")
+
+
+class _NoLaunch:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+_NO_LAUNCH = _NoLaunch()
 
 
 @dataclass(frozen=True)
@@ -240,7 +254,10 @@ class VASparseLayer(AttentionHandler):
         self.vats = vats
         self.sap_beta = sap_beta
         self.saliency = saliency
-        self.kernel = kernel  # the fused CPU kernel module, or None for the reference path
+        self.kernel = kernel  # the fused CPU kernel module, the Triton one, or None for the reference path
+        self._grows = bool(getattr(kernel, "grows_accumulator", False))
+        # The Triton wrapper counts its own launch; the C++ kernel's call is counted here.
+        self._launch = _NO_LAUNCH if self._grows else _CPU_LAUNCH
         lay = state.layout
         self._kernel_static = (  # the kernel's per-layer constants
             vats.knn_k if vats is not None else 1,
@@ -277,15 +294,23 @@ class VASparseLayer(AttentionHandler):
         if args is None:  # scattered candidates (`text` scope): reference path
             return None
         acc = None
+        grows = self._grows
         if self.sap_beta is not None:
-            acc = grow(st.c[call.layer], n_keys).contiguous()
-            st.c[call.layer] = acc  # updated in place by the kernel: c += â
+            if grows:  # the Triton kernel reads missing entries as 0 and returns c + â
+                acc = st.c[call.layer].contiguous()
+            else:
+                acc = grow(st.c[call.layer], n_keys).contiguous()
+                st.c[call.layer] = acc  # updated in place by the kernel: c += â
         knn_k, normalize_sum, merge, beta, image_start, n_image = self._kernel_static
-        out, r_new, a_hat, dropped, w_max = self.kernel.decode(
-            call.query, call.key_states, call.value_states, call.scaling, acc, beta, args.term,
-            args.start, args.n, args.n_drop, args.n_clusters, knn_k, normalize_sum, merge,
-            image_start, n_image, st.trace, st.record and acc is not None,
-        )  # fmt: skip
+        with self._launch:
+            res = self.kernel.decode(
+                call.query, call.key_states, call.value_states, call.scaling, acc, beta, args.term,
+                args.start, args.n, args.n_drop, args.n_clusters, knn_k, normalize_sum, merge,
+                image_start, n_image, st.trace, st.record and acc is not None,
+            )  # fmt: skip
+        out, r_new, a_hat, dropped, w_max = res[:5]
+        if grows and acc is not None:
+            st.c[call.layer] = res[5]
         if st.trace:
             st.rows[call.layer], st.dropped[call.layer] = a_hat, (dropped if args.n_drop > 0 else None)
         if st.record and acc is not None:

@@ -4,8 +4,11 @@
   * `torch`: the reference path (`methods.vasparse_attention` on the explicit attention path), any
     device and dtype;
   * `cpu`: the fused C++ kernel, float32 on the CPU; an error if it cannot be used or built;
-  * `auto` (default): `cpu` where it applies and builds, else `torch` with a warning. The kernel that
-    ran is recorded in results.json (`implementation`), so a fallback is never silent.
+  * `triton`: one Triton kernel per layer (`methods.vasparse_triton`), float32/float16/bfloat16 on
+    CUDA (on a CPU only under `TRITON_INTERPRET=1`); an error if it cannot run;
+  * `auto` (default): `cpu` on a CPU in float32 where it builds, `triton` on CUDA where Triton
+    imports, else `torch` (with a warning where a kernel was expected). The kernel that ran is
+    recorded in results.json (`implementation`), so a fallback is never silent.
 On a CPU at batch 1 the reference path's ~60 small tensor operations per layer and step cost more in
 dispatch than in arithmetic; the kernel does the same computation in one call (see the .cpp header).
 Prefill, the `text` scope's scattered candidates and masked batches keep the reference path.
@@ -32,7 +35,8 @@ from vh_bench.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-KERNELS = ("auto", "cpu", "torch")
+KERNELS = ("auto", "cpu", "torch", "triton")
+TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 SOURCE = Path(__file__).with_name("kernels") / "vasparse_decode.cpp"
 # Vector extensions per torch CPU capability; FMA contraction stays off (-ffp-contract=off) so every
 # elementwise formula rounds as the reference computes it. AVX-512 machines get 256-bit code too:
@@ -95,11 +99,13 @@ def supported(device: torch.device | str, dtype: torch.dtype) -> bool:
 
 
 def resolve(kernel: str, device: torch.device | str, dtype: torch.dtype) -> str:
-    """`method.kernel` → the kernel that runs: "cpu" or "torch"."""
+    """`method.kernel` → the kernel that runs: "cpu", "triton" or "torch"."""
     if kernel not in KERNELS:
         raise ConfigError("method.kernel", f"{kernel!r} is not one of {', '.join(KERNELS)}")
     if kernel == "torch":
         return "torch"
+    if kernel == "triton" or (kernel == "auto" and torch.device(device).type == "cuda"):
+        return _resolve_triton(kernel, device, dtype)
     if not supported(device, dtype):
         if kernel == "cpu":
             raise ConfigError(
@@ -116,6 +122,31 @@ def resolve(kernel: str, device: torch.device | str, dtype: torch.dtype) -> str:
     return "cpu"
 
 
+def _resolve_triton(kernel: str, device: torch.device | str, dtype: torch.dtype) -> str:
+    from methods.vasparse_triton import unavailable_reason
+
+    reason = unavailable_reason(device)
+    if reason is None and dtype not in TRITON_DTYPES:
+        reason = f"the triton kernel takes float32, float16 or bfloat16, not {dtype}"
+    if reason is None:
+        return "triton"
+    if kernel == "triton":
+        raise ConfigError("method.kernel", f"the triton kernel cannot run here: {reason}", "use auto or torch")
+    _warn_fallback(reason)
+    return "torch"
+
+
+def load_kernel(resolved: str) -> Any | None:
+    """The kernel object a resolved `method.kernel` runs (None for the torch reference path)."""
+    if resolved == "cpu":
+        return load()
+    if resolved == "triton":
+        from methods.vasparse_triton import load as load_triton
+
+        return load_triton()
+    return None
+
+
 @functools.lru_cache(maxsize=None)
 def _warn_fallback(reason: str) -> None:
-    log.warning("VASparse: fused CPU kernel unavailable (%s); using the torch path (method.kernel=torch silences this)", reason)
+    log.warning("VASparse: fused kernel unavailable (%s); using the torch path (method.kernel=torch silences this)", reason)

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
-from PIL import Image
 
-from vh_bench.data.images import two_shapes
-from vh_bench.models.llava import LlavaAdapter
-from vh_bench.models.tiny import TinySpec, build_tiny_llava
-from vh_bench.paths import cache_dir
+# Triton kernels run interpreted on a CPU (tests/methods/test_vasparse_triton.py). Triton reads the
+# flag when it is imported, and transformers imports it: set before anything imports transformers.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from PIL import Image  # noqa: E402
+
+from vh_bench.data.images import two_shapes  # noqa: E402
+from vh_bench.models.llava import LlavaAdapter  # noqa: E402
+from vh_bench.models.tiny import TinySpec, build_tiny_llava  # noqa: E402
+from vh_bench.paths import cache_dir  # noqa: E402
 
 # One thread: the tiny models gain nothing from more, and on a shared 2-core machine extra threads
 # spin and slow every test by an order of magnitude.

@@ -1,11 +1,12 @@
-"""`python -m vh_bench.bench {speed,profile} [options] [key=value ...]`.
+"""`python -m vh_bench.bench {speed,launches,profile} [options] [key=value ...]`.
 
     python -m vh_bench.bench speed                                    # every configs/method/*.yaml, model=bench
     python -m vh_bench.bench speed method=fastv,topk,vanilla model=bench generation.max_new_tokens=32 --repeats 5
+    python -m vh_bench.bench launches                                 # kernels per decode step, 64 new tokens
     python -m vh_bench.bench profile                                  # the demo run on the bench model
 
 Hydra-style overrides compose each method's config as `python -m vh_bench` would; `method=a,b,c`
-lists the methods to compare. Output: results/bench/speed.{json,md}, results/bench/profile.md.
+lists the methods to compare. Output: results/bench/speed.{json,md}, launches.{json,md}, profile.md.
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out-dir", type=Path, default=None, help="default: <paths.results_dir>/bench")
     sp.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     sp.add_argument("--keep-denormals", action="store_true", help="do not flush denormal floats (see bench.speed)")
+    lp = sub.add_parser("launches", help="kernels, custom kernels and host syncs per decode step, side by side")
+    lp.add_argument("overrides", nargs="*", help="Hydra overrides; method=a,b+key=value,... selects the methods")
+    lp.add_argument("--baseline", default="vanilla", help="ratios are relative to this method (default vanilla)")
+    lp.add_argument("--out-dir", type=Path, default=None, help="default: <paths.results_dir>/bench")
+    lp.add_argument("--interpret-triton", action="store_true", help="on a CPU, interpret the Triton kernels (slow)")
     pp = sub.add_parser("profile", help="wall-time breakdown of one run (default: demo experiment, bench model)")
     pp.add_argument("overrides", nargs="*", help="Hydra overrides of the profiled run")
     pp.add_argument("--out-dir", type=Path, default=None, help="default: <paths.results_dir>/bench")
@@ -57,6 +63,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 flush_denormal=not args.keep_denormals,
             )
             print(speed_markdown(result))
+        elif args.command == "launches":
+            from vh_bench.bench.launches import launches_markdown, run_launch_bench
+
+            result = run_launch_bench(args.overrides, baseline=args.baseline, out_dir=args.out_dir, interpret_triton=args.interpret_triton)
+            print(launches_markdown(result))
         else:
             from vh_bench.bench.profile import run_profile
 
