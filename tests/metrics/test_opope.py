@@ -132,7 +132,7 @@ def test_gt_mapping_order_and_all_splits():
     assert out["objects_source"] == "gt_cache"
     assert set(out["splits"]) == {"random", "popular", "adversarial"}
     assert out["n_questions"] == 18
-    assert set(out["mean"]) == {"accuracy", "precision", "recall", "f1", "yes_ratio"}
+    assert set(out["mean"]) == {"accuracy", "precision", "recall", "f1", "yes_ratio", "f_beta"}
     assert out["pooled"]["n"] == 54
 
 

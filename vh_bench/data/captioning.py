@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,57 @@ def caption_pairs(rows: list[dict[str, Any]]) -> tuple[list[tuple[int, str]], in
     return pairs, sum(1 for r in rows if r.get("error"))
 
 
+OPOPE_OBJECT_SOURCES = ("gt_cache", "pope_segmentation")
+
+
+@dataclass(frozen=True)
+class OpopeOptions:
+    """`dataset.opope.*` (metrics.md §4): `true`/`false` or a mapping of these keys."""
+
+    enabled: bool = True
+    objects: str = "gt_cache"  # gt_cache: the dataset's CHAIR ground truth; pope_segmentation: POPE's file
+    segmentation_file: str | None = None  # POPE's coco_ground_truth_segmentation.json (objects=pope_segmentation)
+    beta: float = 1.0  # F-β; HALC's opope_eval.py reports F1 (β = 1)
+    seed: int | None = None  # None: the dataset's `seed` (as before), else 0
+
+    @classmethod
+    def parse(cls, value: Any) -> OpopeOptions:
+        from vh_bench.errors import ConfigError
+
+        if value is None or isinstance(value, bool):
+            return cls(enabled=bool(value))
+        if not isinstance(value, dict):
+            raise ConfigError("dataset.opope", f"must be true, false or a mapping, got {value!r}")
+        unknown = set(value) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(f"dataset.opope.{sorted(unknown)[0]}", "unknown key",
+                              "keys: " + ", ".join(cls.__dataclass_fields__))  # fmt: skip
+        return cls(**value)
+
+    def check(self) -> None:
+        from vh_bench.errors import ConfigError
+
+        if not self.enabled:
+            return
+        if self.objects not in OPOPE_OBJECT_SOURCES:
+            raise ConfigError("dataset.opope.objects", f"{self.objects!r} is not an object source",
+                              "gt_cache or pope_segmentation (metrics.md §4.1)")  # fmt: skip
+        if not float(self.beta) > 0:
+            raise ConfigError("dataset.opope.beta", f"must be > 0, got {self.beta}")
+        if self.objects == "pope_segmentation":
+            if not self.segmentation_file:
+                raise ConfigError("dataset.opope.segmentation_file", "is not set",
+                                  "POPE's coco_ground_truth_segmentation.json, needed for objects=pope_segmentation")  # fmt: skip
+            if not Path(self.segmentation_file).is_file():
+                raise ConfigError("dataset.opope.segmentation_file", f"{self.segmentation_file} not found")
+
+
+def _caption_rows(rows: list[dict[str, Any]]) -> tuple[list[tuple[str, int, str]], int]:
+    """(sample_id, image_id, caption) of rows without errors, and how many rows had errors."""
+    ok = [(str(r.get("sample_id", r["image_id"])), int(r["image_id"]), str(r["text"])) for r in rows if not r.get("error")]
+    return ok, len(rows) - len(ok)
+
+
 def score_captions(
     rows: list[dict[str, Any]],
     gt: GroundTruth,
@@ -27,27 +79,58 @@ def score_captions(
     dialect: str,
     missing_gt: str,
     synonyms: str | os.PathLike | None,
-    opope: bool,
+    opope: bool | OpopeOptions,
     seed: int = 0,
 ) -> dict[str, Any]:
-    from vh_bench.metrics import chair as chair_metric
+    """CHAIR (with bootstrap intervals over captions) and OPOPE of a run's sample lines.
 
-    pairs, n_errors = caption_pairs(rows)
+    `units` holds each scored caption's counts so the report can compare runs caption by caption.
+    Rows of failed samples are counted (`n_errors`) and left out; a run with none left is an error.
+    """
+    from vh_bench.metrics import chair as chair_metric
+    from vh_bench.metrics.intervals import BootstrapSettings, chair_statistics, chair_units, intervals
+
+    options = opope if isinstance(opope, OpopeOptions) else OpopeOptions(enabled=bool(opope))
+    scored, n_errors = _caption_rows(rows)
+    if not scored:
+        raise ValueError(f"nothing to score: all {n_errors} samples failed (see `errors` in the sample lines)")
+    pairs = [(i, c) for _, i, c in scored]
     out: dict[str, Any] = {"n_scored": len(pairs), "n_errors": n_errors}
-    if not pairs:
-        return out
     res = chair_metric.evaluate_chair(pairs, gt, dialect=dialect, missing_gt=missing_gt, synonyms_path=synonyms)
     out["chair"] = res.summary
-    if opope:
+    # missing_gt=skip drops captions of unknown images: keep the ids of the ones that were scored.
+    kept = [sid for sid, i, _ in scored if missing_gt != "skip" or i in gt.objects]
+    if res.per_caption:
+        units = chair_units(kept, res.per_caption)
+        settings = BootstrapSettings()
+        out["chair"]["ci"] = intervals(units, chair_statistics(), settings)
+        out["bootstrap"] = settings.as_dict()
+        out["units"] = {"chair": units.as_dict()}
+    if options.enabled:
         from vh_bench.metrics import opope as opope_metric
 
+        objects: Any = gt.objects
+        if options.objects == "pope_segmentation":
+            from vh_bench.data.pope_gen import read_objects_jsonl
+
+            objects = read_objects_jsonl(str(options.segmentation_file))
+        opope_seed = int(options.seed) if options.seed is not None else seed
         try:
-            out["opope"] = opope_metric.score_captions_all_splits(pairs, gt.objects, seed=seed)
+            out["opope"] = opope_metric.score_captions_all_splits(
+                pairs, objects, seed=opope_seed, objects_source=options.objects, beta=float(options.beta)
+            )
         except ValueError as exc:
             # Too few images/objects to draw negatives (e.g. a 2-sample smoke run): say so in the
             # results instead of failing the whole scoring.
             log.warning("OPOPE not computed: %s", exc)
-            out["opope"] = {"error": str(exc)}
+            out["opope"] = {"error": str(exc), "objects_source": options.objects, "beta": float(options.beta)}
+        if options.objects == "pope_segmentation":
+            from vh_bench.store import file_sha256
+
+            out["opope"]["objects_file"] = str(options.segmentation_file)
+            out["opope"]["objects_sha256"] = file_sha256(str(options.segmentation_file))
+        elif "error" not in out["opope"]:
+            out["opope"]["objects_file"] = gt.provenance()
     return out
 
 
@@ -59,11 +142,15 @@ class CaptionDataset:
 
     prompt: str = "Please describe this image in detail."
     chair: dict[str, Any] = field(default_factory=dict)
-    opope: bool = True
+    opope: Any = True  # bool, or the mapping of OpopeOptions (`dataset.opope.*`)
     name: str = "captions"
     task: str = "caption"
     max_new_tokens: int | None = None
     _gt: Any = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def opope_options(self) -> OpopeOptions:
+        return OpopeOptions.parse(self.opope)
 
     @property
     def dialect(self) -> str:
@@ -99,6 +186,6 @@ class CaptionDataset:
             dialect=self.dialect,
             missing_gt=self.chair.get("missing_gt", "error"),
             synonyms=self.chair.get("synonyms"),
-            opope=self.opope,
+            opope=self.opope_options,
             seed=int(getattr(self, "seed", 0)),
         )

@@ -53,6 +53,7 @@ class CocoCaptions(CaptionDataset):
         gt = self.chair.get("gt")
         if not gt or not Path(gt).exists():
             raise ConfigError("dataset.chair.gt", f"ground truth {gt} not found", "a GT cache file or COCO annotation dir")
+        self.opope_options.check()
 
     def image_ids(self) -> list[int]:
         # Listed once: identity, samples, provenance and the ground truth all need it, and without

@@ -139,6 +139,7 @@ class DemoCaptions(CaptionDataset):
             from vh_bench.errors import ConfigError
 
             raise ConfigError("dataset.num_images", f"must be >= 1, got {self.num_images}")
+        self.opope_options.check()
         self.data_dir  # noqa: B018 - generate now, before any model is loaded
 
     def samples(self) -> list[Sample]:

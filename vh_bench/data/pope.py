@@ -27,6 +27,7 @@ from vh_bench.metrics.pope import (
     file_sha256,
     load_questions,
     match_answers,
+    pope_intervals,
     questions_from_records,
     resolve_suffix,
     score_matched,
@@ -227,6 +228,11 @@ class PopeDataset:
             answers_name="the run's sample lines", allow_missing_hint="dataset.allow_missing=true",
         )  # fmt: skip
         m = score_matched(matched, self.parser)
+        context = f"{self.source} {self.resolved_version} {self.split}"
+        warnings = m.warnings(self.parser, context)
+        for line in warnings:
+            log.warning("%s", line)
+        ci, units = pope_intervals(matched, self.parser)
         return {
             "source": self.source,
             "version": self.resolved_version,
@@ -236,7 +242,11 @@ class PopeDataset:
             "n_scored": m.n,
             # Rates over all questions, or only over the answered ones (errors / allowed missing).
             "scored_on": "all" if m.n == len(questions) else "answered_subset",
-            **m.as_dict(context=f"{self.source} {self.resolved_version} {self.split}"),
+            **m.as_dict(context=context),
+            "warnings": warnings,
+            "ci": ci,  # bootstrap over images (all questions of an image resampled together)
+            "bootstrap": {k: ci["f1"][k] for k in ("n_resamples", "seed", "level")},
+            "units": {"pope": units.as_dict()},
         }
 
     def identity(self) -> dict[str, Any]:

@@ -210,7 +210,16 @@ def _image_id(value: Any, where: str) -> int:
 
 def read_captions(path: os.PathLike | str, *, image_id_key: str = "image_id",
                   caption_key: str = "caption") -> list[tuple[int, str]]:
-    """A JSONL file (blank lines ignored) or one JSON array of objects → `(image_id, caption)`."""
+    """A JSONL file (blank lines ignored) or one JSON array of objects → `(image_id, caption)`.
+
+    Lines of failed samples (a non-empty `error` field, as in vh_bench's sample files) are left out;
+    `read_caption_file` also says how many."""
+    return read_caption_file(path, image_id_key=image_id_key, caption_key=caption_key)[0]
+
+
+def read_caption_file(path: os.PathLike | str, *, image_id_key: str = "image_id",
+                      caption_key: str = "caption") -> tuple[list[tuple[int, str]], int]:
+    """(`(image_id, caption)` pairs, number of failed-sample lines left out)."""
     p = Path(path)
     try:
         _, lines = read_json_records(p)  # the shared JSON/JSONL reader (line numbers, U+2028-safe)
@@ -218,9 +227,13 @@ def read_captions(path: os.PathLike | str, *, image_id_key: str = "image_id",
         raise FileNotFoundError(f"caption file not found: {p}") from None
     records = [(f"{p}:{n}", r) for n, r in lines]
     out = []
+    n_errors = 0
     for where, rec in records:
         if not isinstance(rec, dict):
             raise ValueError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+        if rec.get("error"):
+            n_errors += 1  # the text of a failed sample is not a caption (it is "")
+            continue
         try:
             image_id, caption = _get(rec, image_id_key), _get(rec, caption_key)
         except KeyError as exc:
@@ -228,7 +241,7 @@ def read_captions(path: os.PathLike | str, *, image_id_key: str = "image_id",
         if not isinstance(caption, str):
             raise ValueError(f"{where}: caption is {type(caption).__name__}, not a string")
         out.append((_image_id(image_id, where), caption))  # used exactly as generated (§1.1)
-    return out
+    return out, n_errors
 
 
 def read_image_list(path: os.PathLike | str) -> list[int]:
@@ -281,7 +294,11 @@ def score_caption_file(captions_path: os.PathLike | str, *, preset: str | None =
     preset_dialect, preset_cache = PRESETS[preset or "opera"]
     dialect = check_dialect(dialect or preset_dialect)
     cap_path = Path(captions_path)
-    pairs = read_captions(cap_path, image_id_key=image_id_key, caption_key=caption_key)
+    pairs, n_errors = read_caption_file(cap_path, image_id_key=image_id_key, caption_key=caption_key)
+    if not pairs:
+        # CHAIR of nothing is null everywhere; exit with the reason instead of printing nulls.
+        what = f"all {n_errors} lines are failed samples (error field)" if n_errors else "no caption lines"
+        raise ValueError(f"{cap_path}: {what}; nothing to score")
     listed: list[int] | None = None
     if image_list is not None:
         listed = read_image_list(image_list)
@@ -293,6 +310,7 @@ def score_caption_file(captions_path: os.PathLike | str, *, preset: str | None =
         ids = {i for i, _ in pairs}
         ground = load_ground_truth(source, dialect=dialect, image_ids=ids, cache_dir=gt_cache_dir)
     result = evaluate_chair(pairs, ground, dialect=dialect, missing_gt=missing_gt, synonyms_path=synonyms_path)
+    result.summary["n_errors"] = n_errors
     cfg = result.summary["config"]
     # Record the preset the run actually matches, so an override never carries a misleading name.
     cfg["preset"] = next((name for name, (d, cache) in PRESETS.items()

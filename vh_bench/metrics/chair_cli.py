@@ -15,6 +15,7 @@ from typing import Any
 from vh_bench.metrics.chair import MISSING_GT_MODES, PRESETS, read_captions, read_image_list, score_caption_file
 from vh_bench.metrics.chair_gt import build_ground_truth
 from vh_bench.metrics.chair_words import DIALECTS
+from vh_bench.metrics.intervals import chair_statistics, chair_units, intervals
 from vh_bench.store import atomic_write_text
 
 
@@ -61,6 +62,10 @@ def run_chair(args: argparse.Namespace) -> dict[str, Any]:
         image_id_key=args.image_id_key, caption_key=args.caption_key, missing_gt=args.missing_gt,
         synonyms_path=args.synonyms, gt_cache_dir=args.gt_cache_dir,
     )
+    if not result.per_caption:
+        raise ValueError(f"{args.captions}: no caption left to score (missing_gt=skip dropped them all)")
+    units = chair_units([str(s["image_id"]) for s in result.per_caption], result.per_caption)
+    result.summary["ci"] = intervals(units, chair_statistics())
     if args.out is not None:
         atomic_write_text(args.out, json.dumps(result.to_json(), indent=1, ensure_ascii=False) + "\n")
     return result.summary

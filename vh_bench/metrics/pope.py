@@ -452,10 +452,19 @@ def parse_answer(answer: str, parser: str = "official", label: str = "yes") -> s
 _NON_WORD = re.compile(r"[^a-z0-9']")
 
 
+def clear_reading(answer: str) -> str | None:
+    """The case- and punctuation-insensitive reading of §3.7's diagnostic: "yes" when the words
+    contain `yes` but neither `no` nor `not`, "no" for the reverse, None when it is not clear."""
+    words = set(_NON_WORD.sub(" ", answer.lower()).split())
+    has_yes, has_no = "yes" in words, ("no" in words or "not" in words)
+    if has_yes == has_no:
+        return None
+    return "yes" if has_yes else "no"
+
+
 def is_unparseable(answer: str) -> bool:
     """§3.7 diagnostic: no clear yes/no, i.e. (`yes` present) == (`no` or `not` present)."""
-    words = set(_NON_WORD.sub(" ", answer.lower()).split())
-    return ("yes" in words) == ("no" in words or "not" in words)
+    return clear_reading(answer) is None
 
 
 # --------------------------------------------------------------------------------------------
@@ -486,6 +495,14 @@ class PopeMetrics:
     n_unparseable: int = 0
     n_missing: int = 0
     n_errors: int = 0
+    # Answers with a clear reading (clear_reading) that the parser predicted differently, e.g. the
+    # official parser's yes for "NO." or "No!": the parser, not the model, decided those.
+    n_parser_disagree: int = 0
+
+    @property
+    def mostly_unparseable(self) -> bool:
+        """More than half the answers show no clear yes/no: the rates describe the parser's defaults."""
+        return self.n > 0 and 2 * self.n_unparseable > self.n
 
     def __add__(self, other: PopeMetrics) -> PopeMetrics:
         return PopeMetrics(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
@@ -506,8 +523,21 @@ class PopeMetrics:
             "n": self.n, "TP": self.tp, "FP": self.fp, "TN": self.tn, "FN": self.fn,
             "n_yes": self.n_yes, "n_other": self.n_other, "n_empty": self.n_empty,
             "n_unparseable": self.n_unparseable, "n_missing": self.n_missing, "n_errors": self.n_errors,
+            "n_parser_disagree": self.n_parser_disagree, "mostly_unparseable": self.mostly_unparseable,
         }  # fmt: skip
         return {**counts, **self.rates(context)}
+
+    def warnings(self, parser: str, context: str = "") -> list[str]:
+        """One line per problem a reader of the rates must know about (also logged by the scorers)."""
+        where = f"POPE {context}: " if context else "POPE: "
+        out = []
+        if self.n_parser_disagree:
+            out.append(f"{where}{self.n_parser_disagree} of {self.n} answers read differently by parser {parser!r} "
+                       "than their case/punctuation-insensitive reading (e.g. 'NO.' or 'No!' counted as yes)")  # fmt: skip
+        if self.mostly_unparseable:
+            out.append(f"{where}{self.n_unparseable} of {self.n} answers show no clear yes/no: "
+                       "the rates measure the parser's default, not the model")  # fmt: skip
+        return out
 
 
 def compute_metrics(
@@ -519,7 +549,7 @@ def compute_metrics(
 ) -> PopeMetrics:
     """Metrics from (label, stripped answer) pairs."""
     p = get_parser(parser)
-    c = dict.fromkeys(("n", "tp", "fp", "tn", "fn", "n_yes", "n_other", "n_empty", "n_unparseable"), 0)
+    c = dict.fromkeys(("n", "tp", "fp", "tn", "fn", "n_yes", "n_other", "n_empty", "n_unparseable", "n_parser_disagree"), 0)
     for label, answer in pairs:
         if label not in LABELS:
             raise ValueError(f"label must be 'yes' or 'no', got {label!r}")
@@ -535,11 +565,40 @@ def compute_metrics(
             if p.other_is_negative and label == "yes":
                 c["fn"] += 1
         c["n_empty"] += answer == ""
-        c["n_unparseable"] += is_unparseable(answer)
+        reading = clear_reading(answer)
+        c["n_unparseable"] += reading is None
+        c["n_parser_disagree"] += reading is not None and pred != reading
     return PopeMetrics(**c, n_missing=n_missing, n_errors=n_errors)
 
 
+def question_counts(label: str, answer: str, parser: str = "official") -> dict[str, int]:
+    """One question's contribution to TP/FP/TN/FN/n under `parser` (for per-image bootstrap units)."""
+    m = compute_metrics([(label, answer)], parser)
+    return {"tp": m.tp, "fp": m.fp, "tn": m.tn, "fn": m.fn, "n": m.n}
+
+
+def matched_units(matched: MatchedAnswers, parser: str = "official") -> Any:
+    """Per-image confusion counts of the scored questions (`vh_bench.metrics.intervals.UnitTable`)."""
+    from vh_bench.metrics.intervals import confusion_units
+
+    return confusion_units((q.image, question_counts(q.label, a, parser)) for q, a in matched.pairs)
+
+
+def pope_intervals(matched: MatchedAnswers, parser: str = "official") -> tuple[dict[str, Any], Any]:
+    """(ci, units): bootstrap intervals over images of accuracy and F1, and the per-image counts."""
+    from vh_bench.metrics.intervals import confusion_statistics, intervals
+
+    units = matched_units(matched, parser)
+    return intervals(units, confusion_statistics()), units
+
+
 def score_matched(matched: MatchedAnswers, parser: str = "official") -> PopeMetrics:
+    """Metrics of the matched answers; nothing to score (no answers, or only failed ones) is an error."""
+    if not matched.pairs:
+        # 0 answers would print as accuracy 0.0 / F1 0.0, which reads like a (terrible) score.
+        if matched.n_errors:
+            raise PopeInputError(f"POPE: nothing to score: all {matched.n_errors} answers are failed samples (error field)")
+        raise PopeInputError("POPE: nothing to score: no answers")
     return compute_metrics(
         ((q.label, a) for q, a in matched.pairs), parser, n_missing=matched.n_missing, n_errors=matched.n_errors
     )
@@ -567,11 +626,27 @@ def evaluate_files(
     allow_missing: bool = False,
 ) -> tuple[QuestionSet, AnswerSet, PopeMetrics]:
     """Load, match by id and score one (question file, answer file) pair."""
+    qs, ans, matched = match_files(questions_path, answers_path, parser=parser, answer_key=answer_key,
+                                   allow_missing=allow_missing)  # fmt: skip
+    return qs, ans, score_matched(matched, parser)
+
+
+def match_files(
+    questions_path: Path | str,
+    answers_path: Path | str,
+    *,
+    parser: str = "official",
+    answer_key: str | None = None,
+    allow_missing: bool = False,
+) -> tuple[QuestionSet, AnswerSet, MatchedAnswers]:
+    """Load one (question file, answer file) pair and match the answers by id."""
     get_parser(parser)  # fail on a bad name before reading files
     qs = load_questions(questions_path)
     ans = load_answers(answers_path, answer_key)
+    if not ans.answers:
+        raise PopeInputError(f"{ans.path}: no answers in the file")
     matched = match_answers(
         qs.questions, ans.answers, allow_missing=allow_missing,
         questions_name=str(qs.path), answers_name=str(ans.path), allow_missing_hint="--allow-missing",
     )  # fmt: skip
-    return qs, ans, score_matched(matched, parser)
+    return qs, ans, matched

@@ -7,10 +7,20 @@ Each subcommand's function returns the summary dict that `vh_bench.score` prints
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
-from vh_bench.metrics.pope import PARSERS, SPLITS, PopeMetrics, QuestionSet, aggregate_splits, evaluate_files
+from vh_bench.metrics.pope import (
+    PARSERS,
+    SPLITS,
+    PopeMetrics,
+    QuestionSet,
+    aggregate_splits,
+    match_files,
+    pope_intervals,
+    score_matched,
+)
 from vh_bench.store import file_sha256
 
 
@@ -43,6 +53,8 @@ def register(subparsers: Any) -> None:
                      help="POPE per-image objects JSONL: objects source pope_segmentation")  # fmt: skip
     o.add_argument("--split", default="all", choices=[*SPLITS, "all"], help="default: all three")
     o.add_argument("--seed", type=int, default=0, help="seed of the per-split random.Random (default 0)")
+    o.add_argument("--beta", type=float, default=1.0,
+                   help="β of the F-β score reported as f_beta (default 1, as HALC's opope_eval.py: F1)")  # fmt: skip
     o.add_argument("--image-id-key", default="image_id")
     o.add_argument("--caption-key", default="caption")
     o.set_defaults(func=run_opope)
@@ -62,16 +74,21 @@ def run_pope(args: argparse.Namespace) -> dict[str, Any]:
     files: list[dict[str, Any]] = []
     per_split: dict[str, PopeMetrics] = {}
     identities = set()
+    cis: dict[str, dict[str, Any]] = {}
     for k, (q_path, a_path) in enumerate(zip(args.questions, args.answers)):
-        qs, ans, metrics = evaluate_files(
+        qs, ans, matched = match_files(
             q_path, a_path, parser=args.parser, answer_key=args.answer_key, allow_missing=args.allow_missing
         )
+        metrics = score_matched(matched, args.parser)
         source, version = _identity(qs)
         identities.add((source, version))
         split = qs.detected_split() or f"file{k + 1}"
         if split in per_split:
             raise ValueError(f"{q_path}: split {split!r} given twice")
+        for line in metrics.warnings(args.parser, f"{a_path}"):
+            print(f"warning: {line}", file=sys.stderr)
         per_split[split] = metrics
+        cis[split] = pope_intervals(matched, args.parser)[0]
         files.append({"split": split, "source": source, "version": version, **qs.summary(),
                       "answers": str(ans.path), "answers_sha256": ans.sha256})  # fmt: skip
     known = {i for i in identities if i != (None, None)}
@@ -82,9 +99,12 @@ def run_pope(args: argparse.Namespace) -> dict[str, Any]:
     summary: dict[str, Any] = {"metric": "pope", "parser": args.parser, "allow_missing": bool(args.allow_missing)}
     if len(files) == 1:
         (split, metrics), = per_split.items()
-        return {**summary, **files[0], **metrics.as_dict(context=split)}
+        return {**summary, **files[0], **metrics.as_dict(context=split), "ci": cis[split]}
     source, version = next(iter(known)) if known else (None, None)
-    return {**summary, "source": source, "version": version, "files": files, **aggregate_splits(per_split)}
+    agg = aggregate_splits(per_split)
+    for split, ci in cis.items():
+        agg["splits"][split]["ci"] = ci
+    return {**summary, "source": source, "version": version, "files": files, **agg}
 
 
 def run_opope(args: argparse.Namespace) -> dict[str, Any]:
@@ -99,17 +119,19 @@ def run_opope(args: argparse.Namespace) -> dict[str, Any]:
         objects = read_objects_jsonl(args.objects)
         objects_path, source = args.objects, "pope_segmentation"
     splits = SPLITS if args.split == "all" else (args.split,)
-    result = evaluate(caps.captions, objects, splits=splits, seed=args.seed, objects_source=source)
+    result = evaluate(caps.captions, objects, splits=splits, seed=args.seed, objects_source=source, beta=args.beta)
     summary: dict[str, Any] = {
         "metric": "opope",
         "captions": str(caps.path),
         "captions_sha256": caps.sha256,
         "n_caption_lines": caps.n_lines,
+        "n_errors": caps.n_errors,
         "n_duplicate_image_ids": caps.n_duplicate_image_ids,
         "objects_file": str(objects_path),
         "objects_sha256": file_sha256(objects_path),
         **result,
     }
+    summary.pop("units", None)  # per-image counts are for run comparisons, not for the printed line
     if len(splits) == 1:
         summary.update(split=splits[0], **summary.pop("splits")[splits[0]])
     return summary
