@@ -339,6 +339,9 @@ def score(
         "dtype": p.dtype,
         "attention": {"text": "vh_attn", "plain_kernel": str(cfg.runtime.attn_backend), "vision": "sdpa"},
         "n_samples": len(wanted),
+        # Which samples the run asked for, so the report never puts runs over different ones in one column.
+        "sample_set": hashlib.sha256("\n".join(sorted(wanted)).encode()).hexdigest()[:16],
+        "limit": None if cfg.runtime.limit is None else int(cfg.runtime.limit),
         "n_done": len(rows),
         "n_errors": sum(1 for r in rows if r.get("error")),
         "errors": {r["sample_id"]: r["error"] for r in rows if r.get("error")},

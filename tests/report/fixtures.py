@@ -25,15 +25,27 @@ def make_result(
     pope: tuple[str, float] | None = None,  # (split, f1)
     opope: dict[str, float] | None = None,
     gpu: str = "A100",
+    n_samples: int = 10,
+    limit: int | None = None,
+    sample_set: str | None = None,
+    chair_ci: dict[str, tuple[float, float]] | None = None,  # CHAIRs/CHAIRi → (low, high) fractions
+    chair_units: dict[str, Any] | None = None,
+    pope_extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     if chair_s is not None:
         metrics["chair"] = {"CHAIRs": chair_s, "CHAIRi": chair_i, "Recall": 0.5, "avg_tokens": 60.0, "Len": 0.6}
+        if chair_ci is not None:
+            est = {"CHAIRs": chair_s, "CHAIRi": chair_i}
+            metrics["chair"]["ci"] = {k: {"estimate": est[k], "low": lo, "high": hi, "n_units": n_samples}
+                                      for k, (lo, hi) in chair_ci.items()}  # fmt: skip
+        if chair_units is not None:
+            metrics["units"] = {"chair": chair_units}
     if opope is not None:
-        metrics["opope"] = {"splits": {s: {"f1": f} for s, f in opope.items()}}
+        metrics["opope"] = {"objects_source": "gt_cache", "beta": 1.0, "splits": {s: {"f1": f} for s, f in opope.items()}}
     if pope is not None:
         # data.pope's scorer puts the split's metrics at the top level of `metrics`.
-        metrics.update({"source": "coco", "split": pope[0], "f1": pope[1], "accuracy": 0.8, "yes_ratio": 0.5})
+        metrics.update({"source": "coco", "split": pope[0], "f1": pope[1], "accuracy": 0.8, "yes_ratio": 0.5, **(pope_extra or {})})
     run = f"{model}-{dataset}-{method}-{json.dumps(hyper, sort_keys=True)}-{strategy}-{seed}-{pope}"
     return {
         "run_dir": f"/x/runs/{abs(hash(run)) % 10**8:08d}",
@@ -47,8 +59,11 @@ def make_result(
         "seed": seed,
         "dtype": "float16",
         "attention": {"text": "vh_attn", "plain_kernel": "sdpa", "vision": "sdpa"},
-        "n_done": 10,
+        "n_samples": n_samples,
+        "n_done": n_samples,
         "n_errors": 0,
+        "limit": limit,
+        "sample_set": sample_set or f"set-{dataset}-{n_samples}-{limit}",
         "metrics": metrics,
         "speed": {"decode_tokens_per_s": tps, "e2e_tokens_per_s": tps, "prefill_ms_mean": 100.0, "comparable": comparable},
         "data": {"split": pope[0]} if pope else {},

@@ -30,7 +30,7 @@ def test_table1_rows_columns_and_seed_aggregation(results_dir: Path) -> None:
     # Baseline first, then by label; FastV's swept k is the setting; its constant ratio is not.
     assert t.rows == [GREEDY, FASTV2, FASTV3, VCD]
     assert t.groups == ["llava-1.5-7b", "llava-1.5-13b"]
-    assert [m.key for g, m in t.columns if g == "llava-1.5-7b"] == ["CHAIR_I", "CHAIR_S", "decode_tps"]
+    assert [m.key for g, m in t.columns if g == "llava-1.5-7b"] == ["n", "max_new", "Len", "CHAIR_I", "CHAIR_S", "decode_tps"]
     cs = t.cell(GREEDY, "llava-1.5-7b", "CHAIR_S")
     assert cs is not None and cs.n == 3
     assert cs.mean == pytest.approx(52.0, abs=1e-9)
@@ -44,10 +44,12 @@ def test_table1_rows_columns_and_seed_aggregation(results_dir: Path) -> None:
 def test_table1_markdown(results_dir: Path) -> None:
     md = chair_table(_records(results_dir)).render("md").splitlines()
     head = md[2]
-    assert head.startswith("| Method | Decoding | Setting | llava-1.5-7b CHAIR_I ↓ | llava-1.5-7b CHAIR_S ↓ | llava-1.5-7b tokens/s ↑ |")
-    assert md[4] == "| vanilla | greedy |  | 15.0 ± 1.0 | 52.0 ± 2.0 | 12.00 ± 2.00 | 10.0 | 40.0 | 8.00 |"
-    assert md[5] == "| FastV | greedy | k=2 | 17.0 | 55.0 | 15.00 | – | – | – |"
-    assert md[7] == "| VCD | greedy |  | 12.0 | 48.0 | 6.00† | – | – | – |"
+    assert head.startswith("| Method | Decoding | Setting | llava-1.5-7b n | llava-1.5-7b max new | llava-1.5-7b Len | "
+                           "llava-1.5-7b CHAIR_I ↓ | llava-1.5-7b CHAIR_S ↓ | llava-1.5-7b tokens/s ↑ |")
+    # n and max new are settings: no seed spread; Len and the metrics get mean ± std over seeds.
+    assert md[4] == "| vanilla | greedy |  | 10 | 64 | 60.0 ± 0.0 | 15.0 ± 1.0 | 52.0 ± 2.0 | 12.00 ± 2.00 | 10 | 64 | 60.0 | 10.0 | 40.0 | 8.00 |"
+    assert md[5] == "| FastV | greedy | k=2 | 10 | 64 | 60.0 | 17.0 | 55.0 | 15.00 | – | – | – | – | – | – |"
+    assert md[7] == "| VCD | greedy |  | 10 | 64 | 60.0 | 12.0 | 48.0 | 6.00† | – | – | – | – | – | – |"
     assert any("not comparable" in line for line in md)
 
 
@@ -58,7 +60,7 @@ def test_table1_baseline_ratios(results_dir: Path) -> None:
     assert t.cell(FASTV2, "llava-1.5-7b", "decode_tps_ratio").mean == pytest.approx(1.25)
     assert t.cell(FASTV3, "llava-1.5-7b", "decode_tps_ratio").mean == pytest.approx(0.75)
     assert t.cell(GREEDY, "llava-1.5-13b", "decode_tps_ratio").mean == pytest.approx(1.0)
-    assert "| FastV | greedy | k=2 | 17.0 | 55.0 | 15.00 | ×1.25 |" in t.render("md")
+    assert "| FastV | greedy | k=2 | 10 | 64 | 60.0 | 17.0 | 55.0 | 15.00 | ×1.25 |" in t.render("md")
     assert r"$\times$1.25" in t.render("latex")
 
 
@@ -84,24 +86,25 @@ def test_table1_csv_has_mean_std_and_n(results_dir: Path) -> None:
 
 def test_table1_latex_groups_models(results_dir: Path) -> None:
     tex = chair_table(_records(results_dir)).render("latex")
-    assert r"\multicolumn{3}{c}{llava-1.5-7b} & \multicolumn{3}{c}{llava-1.5-13b}" in tex
-    assert r"\cmidrule(lr){4-6} \cmidrule(lr){7-9}" in tex
-    assert r"vanilla & greedy &  & 15.0 $\pm$ 1.0 & 52.0 $\pm$ 2.0 & 12.00 $\pm$ 2.00 & 10.0 & 40.0 & 8.00 \\" in tex
+    assert r"\multicolumn{6}{c}{llava-1.5-7b} & \multicolumn{6}{c}{llava-1.5-13b}" in tex
+    assert r"\cmidrule(lr){4-9} \cmidrule(lr){10-15}" in tex
+    assert (r"vanilla & greedy &  & 10 & 64 & 60.0 $\pm$ 0.0 & 15.0 $\pm$ 1.0 & 52.0 $\pm$ 2.0 & 12.00 $\pm$ 2.00 & "
+            r"10 & 64 & 60.0 & 10.0 & 40.0 & 8.00 \\") in tex
     assert r"6.00$^\dagger$" in tex
-    assert tex.count(r"\begin{tabular}{lllcccccc}") == 1
+    assert tex.count(r"\begin{tabular}{lllcccccccccccc}") == 1
 
 
 def test_single_seed_has_no_spread(tmp_path: Path) -> None:
     t = chair_table(records_from([make_result(chair_s=0.5, chair_i=0.1, tps=10.0)]))
     md = t.render("md")
-    assert "±" not in md and "| vanilla | greedy |  | 10.0 | 50.0 | 10.00 |" in md
+    assert "±" not in md and "| vanilla | greedy |  | 10 | 64 | 60.0 | 10.0 | 50.0 | 10.00 |" in md
     assert "_std" not in t.render("csv")
 
 
 def test_table2_pope_per_split_with_seeds(results_dir: Path) -> None:
     t = pope_table(_records(results_dir))
     assert t.rows == [GREEDY, VCD]
-    assert t.groups == ["llava-1.5-7b POPE coco", "llava-1.5-7b OPOPE"]
+    assert t.groups == ["llava-1.5-7b POPE coco", "llava-1.5-7b OPOPE F1 (gt_cache)"]
     pope = "llava-1.5-7b POPE coco"
     assert [m.key for g, m in t.columns if g == pope] == ["F1.random", "F1.popular", "F1.adversarial", "F1.mean"]
     r = t.cell(GREEDY, pope, "F1.random")
@@ -112,7 +115,7 @@ def test_table2_pope_per_split_with_seeds(results_dir: Path) -> None:
     # VCD ran only the random split: no average.
     assert t.cell(VCD, pope, "F1.random").mean == pytest.approx(88.0)
     assert t.cell(VCD, pope, "F1.mean") is None
-    assert t.cell(GREEDY, "llava-1.5-7b OPOPE", "F1.mean").mean == pytest.approx(60.0)
+    assert t.cell(GREEDY, "llava-1.5-7b OPOPE F1 (gt_cache)", "F1.mean").mean == pytest.approx(60.0)
     md = t.render("md").splitlines()
     assert md[4] == "| vanilla | greedy |  | 90.5 ± 0.7 | 85.5 ± 0.7 | 80.5 ± 0.7 | 85.5 ± 0.7 | 70.0 | 60.0 | 50.0 | 60.0 |"
     tex = t.render("latex")

@@ -19,7 +19,7 @@ from vh_bench.report.plot import PLOT_METRICS
 from vh_bench.report.records import find_results, load_results
 from vh_bench.store import atomic_write_text
 
-TABLE_CHOICES = ("paper", "chair", "pope", "runs", "all")
+TABLE_CHOICES = ("paper", "chair", "pope", "paired", "runs", "all")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -35,7 +35,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--baseline", default=None, metavar="METHOD", help="add tokens/s ratio columns relative to this method (e.g. vanilla)")
     ap.add_argument("--out", type=Path, default=None, help="also write the printed tables to this file")
     ap.add_argument("--out-dir", type=Path, default=None, help="write all tables (md, csv, tex) and the plot here")
-    ap.add_argument("--plot-metric", choices=PLOT_METRICS, default="CHAIR_S")
+    ap.add_argument("--plot-metric", choices=PLOT_METRICS, default="CHAIR_S",
+                    help="kept for compatibility: the plot now has a CHAIR_S and a CHAIR_I panel")
+    ap.add_argument("--allow-mixed", action="store_true",
+                    help="put runs over different sample sets or max_new_tokens in one column (marked ‡) instead of refusing")
     args = ap.parse_args(argv)
     if not args.results_dir.exists():
         print(f"error: {args.results_dir} does not exist", file=sys.stderr)
@@ -45,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: no results.json under {args.results_dir}", file=sys.stderr)
         return 2
     try:
-        report = build_report(load_results(paths), baseline=args.baseline)
+        report = build_report(load_results(paths), baseline=args.baseline, allow_mixed=args.allow_mixed)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -53,6 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         which = report.paper_tables()
     elif args.table == "all":
         which = report.paper_tables() + (["runs"] if "runs" not in report.paper_tables() else [])
+    elif args.table == "paired":
+        which = ["paired"]
     else:
         which = [args.table]
     text = "\n\n".join(report.render(w, args.format) for w in which)

@@ -26,7 +26,9 @@ class SweepReport(Callback):
         baseline: str | None = "vanilla",
         plot_metric: str = "CHAIR_S",
         plot: bool = True,
+        allow_mixed: bool = False,
     ) -> None:
+        self.allow_mixed = allow_mixed
         self.out_dir = out_dir
         self.formats = tuple(formats)
         self.baseline = baseline
@@ -53,7 +55,15 @@ class SweepReport(Callback):
         from vh_bench.report.build import build_report, write_report
         from vh_bench.report.records import load_results
 
-        report = build_report(load_results(paths), baseline=self.baseline)
+        from vh_bench.report.paper import MixedRunsError
+
+        try:
+            report = build_report(load_results(paths), baseline=self.baseline, allow_mixed=self.allow_mixed)
+        except MixedRunsError as exc:
+            # The runs are on disk; say why there is no table and how to get one.
+            log.error("sweep report not written: %s (rerun `python -m vh_bench.report %s --allow-mixed`, or set "
+                      "hydra.callbacks.report.allow_mixed=true)", exc, sweep_dir)  # fmt: skip
+            return
         targets = [sweep_dir] + ([Path(self.out_dir)] if self.out_dir else [])
         for target in targets:
             write_report(report, target, formats=self.formats, plot_metric=self.plot_metric, plot=self.plot)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from statistics import mean, stdev
 
 FORMATS = ("md", "csv", "latex")
-LATEX_FLAGS = {"†": r"$^\dagger$"}
+LATEX_FLAGS = {"†": r"$^\dagger$", "‡": r"$^\ddagger$", "*": r"$^{*}$", "§": r"$^\S$", "¶": r"$^\P$", "°": r"$^\circ$"}
 EXTENSIONS = {"md": "md", "csv": "csv", "latex": "tex"}
 
 
@@ -26,12 +26,17 @@ class Metric:
     latex: str  # header in LaTeX (math allowed)
     decimals: int = 1
     ratio: bool = False  # a derived ratio: printed as ×1.23, no seed spread of its own
+    spread: bool = True  # False for settings such as n or max_new_tokens: the mean alone
 
 
 @dataclass
 class Cell:
     values: list[float]
-    flag: str = ""  # footnote mark, e.g. "†" for timings that are not comparable
+    flag: str = ""  # footnote marks, e.g. "†" for timings that are not comparable
+    interval: tuple[float, float] | None = None  # bootstrap interval of a single run's value
+    unreliable: bool = False  # shown in parentheses: a number that is not a score (e.g. unparsed POPE)
+    suffix: str = ""  # extra text after the number, e.g. "(2 failed)"
+    sources: list[object] = field(default_factory=list, repr=False)  # the run records behind the cell
 
     @property
     def n(self) -> int:
@@ -55,6 +60,7 @@ class GroupedTable:
     columns: list[tuple[str, Metric]]  # (group, metric) in display order
     cells: dict[tuple[tuple[str, ...], str, str], Cell] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    comparisons: list[dict[str, object]] = field(default_factory=list)  # paired tests against the baseline
 
     @property
     def groups(self) -> list[str]:
@@ -90,12 +96,22 @@ class GroupedTable:
         text = _num(c.mean, m.decimals)
         if m.ratio:
             text = (r"$\times$" if latex else "×") + text
-        if c.std is not None:
+        if c.std is not None and m.spread:
             pm = r" $\pm$ " if latex else " ± "
             text += f"{pm}{_num(c.std, m.decimals)}"
+        elif c.interval is not None and c.std is None:
+            text += f" [{_num(c.interval[0], m.decimals)}, {_num(c.interval[1], m.decimals)}]"
+        if c.unreliable:
+            text = f"({text})"
         if c.flag:
-            text += LATEX_FLAGS.get(c.flag, f"$^{{{c.flag}}}$") if latex else c.flag
+            text += "".join(LATEX_FLAGS.get(f, f"$^{{{f}}}$") for f in c.flag) if latex else c.flag
+        if c.suffix:
+            text += f" {latex_escape(c.suffix) if latex else c.suffix}"
         return text
+
+    @property
+    def has_intervals(self) -> bool:
+        return any(c.interval is not None for c in self.cells.values())
 
     def _header_name(self, group: str, m: Metric) -> str:
         return m.md if len(self.groups) == 1 else f"{group} {m.md}"
@@ -104,6 +120,8 @@ class GroupedTable:
         head = list(self.row_headers) + [self._header_name(g, m) for g, m in self.columns]
         rows = [list(row) + [self._text(row, g, m) for g, m in self.columns] for row in self.rows]
         lines = [f"**{self.title}**", "", simple_markdown(head, rows)]
+        if self.has_intervals:
+            lines += ["", "[low, high]: 95% percentile bootstrap interval over images (one run per cell)."]
         if self.max_seeds > 1:
             lines += ["", "Cells with several seeds: mean ± sample std over seeds."]
         lines += [""] + self.notes if self.notes else []
@@ -111,12 +129,18 @@ class GroupedTable:
 
     def _csv(self) -> str:
         with_std = self.max_seeds > 1
+        with_ci = self.has_intervals
+        with_flags = any(c.flag or c.unreliable for c in self.cells.values())
         head = list(self.row_headers)
         for g, m in self.columns:
             name = f"{g}/{m.key}"
             head.append(name)
-            if with_std and not m.ratio:
+            if with_std and not m.ratio and m.spread:
                 head += [f"{name}_std", f"{name}_n"]
+            if with_ci and not m.ratio and m.spread:
+                head += [f"{name}_low", f"{name}_high"]
+            if with_flags:
+                head.append(f"{name}_flags")
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(head)
@@ -125,9 +149,14 @@ class GroupedTable:
             for g, m in self.columns:
                 c = self.cell(row, g, m.key)
                 out.append("" if c is None else _csv_num(c.mean))
-                if with_std and not m.ratio:
+                if with_std and not m.ratio and m.spread:
                     out.append("" if c is None or c.std is None else _csv_num(c.std))
                     out.append("" if c is None else c.n)
+                if with_ci and not m.ratio and m.spread:
+                    iv = None if c is None else c.interval
+                    out += ["", ""] if iv is None else [_csv_num(iv[0]), _csv_num(iv[1])]
+                if with_flags:
+                    out.append("" if c is None else c.flag + ("()" if c.unreliable else ""))
             w.writerow(out)
         return buf.getvalue().rstrip("\n")
 
@@ -160,9 +189,11 @@ class GroupedTable:
             vals = [latex_escape(v) for v in row] + [self._text(row, g, m, latex=True) for g, m in self.columns]
             lines.append(" & ".join(vals) + r" \\")
         lines += [r"\bottomrule", r"\end{tabular}"]
+        if self.has_intervals:
+            lines.append(r"% [low, high]: 95% percentile bootstrap interval over images (one run per cell)")
         if self.max_seeds > 1:
             lines.append(r"% cells with several seeds: mean $\pm$ sample std over seeds")
-        lines += ["% " + n.replace("†", "dagger:") for n in self.notes]
+        lines += ["% " + n for n in self.notes]
         return "\n".join(lines)
 
 

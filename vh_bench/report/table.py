@@ -32,15 +32,28 @@ def _row(rec: RunRecord) -> dict[str, Any]:
         "seed": rec.seed,
     }
     row.update({f"method.{k}": v for k, v in rec.hyper.items()})
+    row["samples"] = rec.n_samples
+    row["limit"] = rec.limit
     for key in ("CHAIR_S", "CHAIR_I", "Recall"):
         if key in rec.metrics:
             row[key] = _round(rec.metrics[key], 2)
+            iv = rec.ci.get(key)
+            if iv is not None and iv.low is not None:
+                row[f"{key}_ci"] = f"[{iv.low:.2f}, {iv.high:.2f}]"
     if "Len" in rec.metrics:
         row["Len"] = _round(rec.metrics["Len"], 1)
-    for split, f1 in rec.opope.items():
-        row[f"OPOPE_F1.{split}"] = _round(f1, 2)
+    score = "F1" if rec.opope_beta == 1.0 else f"F{rec.opope_beta:g}"
+    for split, f in rec.opope.items():
+        row[f"OPOPE_{score}.{split}"] = _round(f, 2)
     for split, f1 in rec.pope.items():
         row[f"POPE_F1.{split}"] = _round(f1, 2)
+        iv = rec.pope_ci.get(split)
+        if iv is not None and iv.low is not None:
+            row[f"POPE_F1.{split}_ci"] = f"[{iv.low:.2f}, {iv.high:.2f}]"
+        row["parser_disagree"] = rec.pope_flags.n_parser_disagree
+        row["unparseable"] = rec.pope_flags.n_unparseable
+        if rec.pope_flags.mostly_unparseable:
+            row["warning"] = "mostly unparseable: F1 is not a score"
     speed = rec.speed
     row["decode_tok_s"] = _round(speed.get("decode_tokens_per_s"), 2)
     row["e2e_tok_s"] = _round(speed.get("e2e_tokens_per_s"), 2)
@@ -49,7 +62,7 @@ def _row(rec: RunRecord) -> dict[str, Any]:
     row["ms_tok_p90"] = _round(speed.get("decode_ms_per_token_p90"), 2)
     row["new_tokens"] = _round(speed.get("mean_new_tokens"), 1)
     row["speed_ok"] = rec.speed_comparable
-    row["n"] = rec.raw.get("n_done")
+    row["n"] = rec.n_scored
     row["errors"] = rec.raw.get("n_errors")
     row["run"] = rec.run
     return row
