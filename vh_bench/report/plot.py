@@ -66,7 +66,7 @@ def spread_labels(ys: Sequence[float], gap: float, lo: float = 0.0, hi: float = 
         p = min(pos[i], hi if nxt is None else nxt - gap)
         pos[i] = p
         nxt = p
-    return pos
+    return [min(max(p, lo), hi) for p in pos]  # rounding of the passes can step 1e-16 outside
 
 
 def point_labels(records: Sequence[RunRecord]) -> list[str]:
