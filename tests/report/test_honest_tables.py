@@ -161,3 +161,8 @@ def test_runs_over_other_samples_get_their_own_plot_row(tmp_path: Path) -> None:
     runs = [make_result(chair_s=0.5, chair_i=0.1, tps=10.0), make_result(chair_s=0.9, chair_i=0.5, tps=11.0, n_samples=2, limit=2)]
     res = plot_module.plot_chair_speed(records_from(runs), tmp_path / "p")
     assert res.titles == ["llava-1.5-7b / coco · n=10 · 64 new tokens", "llava-1.5-7b / coco · n=2 (limit=2) · 64 new tokens"]
+
+
+def test_plot_with_chair_i_undefined_everywhere(tmp_path: Path) -> None:
+    res = plot_module.plot_chair_speed(records_from([make_result(chair_s=0.5, chair_i=None, tps=10.0)]), tmp_path / "p")
+    assert res.fronts["CHAIR_S"] and "CHAIR_I" not in res.fronts and res.label_overlaps == 0

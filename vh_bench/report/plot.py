@@ -188,6 +188,10 @@ def _panel(ax: Any, prs: list[RunRecord], labels: list[str], metric: str, colour
     idx = [i for i, r in enumerate(prs) if r.metrics.get(metric) is not None]
     pts = {i: (float(prs[i].decode_tps), float(prs[i].metrics[metric])) for i in idx}  # type: ignore[arg-type]
     ivs = {i: prs[i].ci.get(metric) for i in idx}
+    ax.set_title(f"{metric}: {title}", fontsize=8)
+    if not idx:  # e.g. CHAIR_I undefined (no object mentions) in every run of the group
+        ax.text(0.5, 0.5, f"no {metric} (undefined for these runs)", ha="center", va="center", transform=ax.transAxes)
+        return []
     for i in idx:
         r, (x, y), iv = prs[i], pts[i], ivs[i]
         colour = colours[r.label]
@@ -217,7 +221,6 @@ def _panel(ax: Any, prs: list[RunRecord], labels: list[str], metric: str, colour
     result.y_limits[f"{title} {metric}"] = (y0, y1)
     ax.set_xlabel("decode tokens/s ↑")
     ax.set_ylabel(f"{metric} (%) ↓")
-    ax.set_title(f"{metric}: {title}", fontsize=8)
     ax.grid(True, alpha=0.3)
     # Labels in a column right of the panel, in axes coordinates, spread to one line apart.
     to_axes = ax.transAxes.inverted()
