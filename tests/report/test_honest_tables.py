@@ -166,3 +166,13 @@ def test_runs_over_other_samples_get_their_own_plot_row(tmp_path: Path) -> None:
 def test_plot_with_chair_i_undefined_everywhere(tmp_path: Path) -> None:
     res = plot_module.plot_chair_speed(records_from([make_result(chair_s=0.5, chair_i=None, tps=10.0)]), tmp_path / "p")
     assert res.fronts["CHAIR_S"] and "CHAIR_I" not in res.fronts and res.label_overlaps == 0
+
+
+def test_with_allow_mixed_the_baseline_is_the_run_over_the_same_samples() -> None:
+    runs = [
+        make_result(chair_s=0.5, chair_i=0.1, tps=10.0, n_samples=12, sample_set="all12"),
+        make_result(chair_s=0.9, chair_i=0.1, tps=20.0, n_samples=2, limit=2, sample_set="first2"),
+        make_result(method="fastv", chair_s=0.4, chair_i=0.1, tps=15.0, n_samples=12, sample_set="all12"),
+    ]
+    t = chair_table(records_from(runs), baseline="vanilla", allow_mixed=True)
+    assert t.cell(("fastv", "greedy", ""), "llava-1.5-7b", "decode_tps_ratio").mean == pytest.approx(1.5)

@@ -164,9 +164,13 @@ def _cell(values: dict[Any, list[float]], sources: list[RunRecord], flag: str, i
 
 
 def _baseline_row(table: GroupedTable, base_rows: list[tuple[str, ...]], g: str, key: str, row: tuple[str, ...]) -> tuple[str, ...] | None:
-    """The baseline row of `row` in group `g`: same decoding, else the group's only baseline row."""
+    """The baseline row of `row` in group `g`: same decoding (and, among several, the one over the
+    same samples and length, e.g. not a `limit=N` run), else the group's only baseline row."""
     with_cell = [b for b in base_rows if table.cell(b, g, key) is not None]
     same = [b for b in with_cell if b[1] == row[1]]
+    if len(same) > 1:
+        mine = {r.sample_key for r in table.cell(row, g, key).sources}  # type: ignore[union-attr]
+        same = [b for b in same if {r.sample_key for r in table.cell(b, g, key).sources} == mine]  # type: ignore[union-attr]
     return same[0] if len(same) == 1 else (with_cell[0] if len(with_cell) == 1 else None)
 
 
@@ -214,7 +218,7 @@ def add_comparisons(
                     **cmp.as_dict(), "baseline_value": cmp.baseline, "baseline": _row_name(base),
                     "column": g, "metric": key, "method": row[0], "decoding": row[1], "setting": row[2],
                 })  # fmt: skip
-    if table.comparisons:
+    if any(SIGNIFICANT in c.flag for c in table.cells.values()):
         table.notes.append(
             f"{SIGNIFICANT} differs from {baseline} on the same images: the 95% paired bootstrap interval of the "
             f"difference excludes 0 ({settings.n_resamples} resamples, seed {settings.seed}; p-values from a paired "

@@ -22,7 +22,7 @@ from vh_bench.report.records import RunRecord
 PLOT_METRICS = ("CHAIR_S", "CHAIR_I")
 LABEL_FONTSIZE = 7
 # Layout in inches: panel, label column, gaps. Fixed sizes make the label spacing computable.
-PANEL_W, PANEL_H_MIN, MARGIN_L, MARGIN_R, MARGIN_B, MARGIN_T, GAP = 4.2, 3.0, 0.75, 0.2, 0.6, 0.75, 0.75
+PANEL_W, PANEL_H_MIN, MARGIN_L, MARGIN_R, MARGIN_B, MARGIN_T, GAP = 4.2, 3.0, 1.0, 0.2, 0.6, 0.75, 1.0
 LINE_IN = LABEL_FONTSIZE * 1.45 / 72  # height of one label line
 CHAR_IN = LABEL_FONTSIZE * 0.6 / 72  # a generous average character width (DejaVu Sans ≈ 0.55 em)
 
