@@ -32,7 +32,7 @@ from methods.halc_grounding import (
     Owlv2Detector,
     ground,
 )
-from methods.halc_scorer import SCORER_HUB_ID, SCORER_MODEL_TYPE, SCORERS, BlipScorer
+from methods.halc_scorer import SCORER_HUB_ID, SCORER_LABELS, SCORER_MODEL_TYPE, SCORERS, BlipScorer
 from methods.halc_words import ADD_WORDS, EXEMPT_WORDS, NltkTagger, SpacyTagger, last_piece, object_test, word_start_table
 from vh_bench.decoding import attention
 from vh_bench.decoding.method import Method
@@ -117,6 +117,10 @@ class HALC(Method):
         hp.pop("aux_cache_dir", None)  # where random checkpoints are cached changes nothing
         hp["dola"] = asdict(self.dola)
         return hp
+
+    def implementation(self) -> dict[str, Any]:
+        """What scored the candidates, for results.json: never HALC's own (unreproducible) score."""
+        return {"halc_scorer": SCORER_LABELS.get(self.scorer, self.scorer)}
 
     # ---- validation (before any model is loaded) -----------------------------------------
     def check(self, gen: GenConfig) -> None:
@@ -269,9 +273,10 @@ class Beam:
     t: int
     cache: Any
     done: bool = False
+    premature: int | None = None  # j* of this beam's last DoLa step (`dola.after_replace=reuse`)
 
     def clone(self) -> "Beam":
-        return Beam(list(self.V), list(self.W), self.t, copy.deepcopy(self.cache), self.done)
+        return Beam(list(self.V), list(self.W), self.t, copy.deepcopy(self.cache), self.done, self.premature)
 
 
 @dataclass
@@ -327,11 +332,17 @@ class HalcSearch:
         self.trace: list[dict[str, Any]] | None = None  # tests: set to [] to record every iteration
 
     # -- model calls --
-    def _dola_forward(self, beam: Beam, ids: list[int] | torch.Tensor, pixel_values: torch.Tensor | None = None) -> int:
+    def _dola_forward(
+        self, beam: Beam, ids: list[int] | torch.Tensor, pixel_values: torch.Tensor | None = None, *, reuse: bool = False
+    ) -> int:
         if not isinstance(ids, torch.Tensor):
             ids = torch.tensor([ids], dtype=torch.long, device=self.adapter.device)
         out = self.adapter.forward(cache=beam.cache, input_ids=ids, pixel_values=pixel_values, output_hidden_states=True)
-        return self.dola.token(out)
+        if reuse and beam.premature is not None:
+            return self.dola.token_at(out, beam.premature)
+        token = self.dola.token(out)
+        beam.premature = self.dola.last_index
+        return token
 
     def _decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids, skip_special_tokens=True)
@@ -515,7 +526,7 @@ class HalcSearch:
             if c.token == self.eos:
                 b.done = True
                 return
-            b.t = self._dola_forward(b, [c.token])
+            b.t = self._dola_forward(b, [c.token], reuse=self.m.dola.after_replace == "reuse")
             return
         # delete: the word's span becomes <unk> placeholders that stay in the context (§7.7)
         w_start = len(b.V)

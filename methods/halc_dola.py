@@ -16,6 +16,9 @@ from vh_bench.decoding.contrast import plausibility_cutoff
 from vh_bench.errors import ConfigError
 
 
+AFTER_REPLACE = ("reselect", "reuse")
+
+
 @dataclass
 class DolaConfig:
     """`method.dola.*`: premature candidates, plausibility cutoff, premature normalisation."""
@@ -23,6 +26,10 @@ class DolaConfig:
     premature_layers: str | list[int] = "even"
     relative_top: float = 0.1
     norm_premature: bool = False
+    # The DoLa step that follows a replacement (§7.7): `reselect` (default) picks j* afresh, like
+    # every other step; `reuse` keeps the beam's last chosen premature layer, as the official code
+    # does (its rolled-back re-feed does not recompute the layer choice).
+    after_replace: str = "reselect"
 
     def check(self) -> None:
         pl = self.premature_layers
@@ -31,6 +38,8 @@ class DolaConfig:
                 raise ConfigError("method.dola.premature_layers", f"{pl!r} is not 'even' or a list of layer indices")
         elif not pl or not all(isinstance(i, int) and not isinstance(i, bool) for i in pl):
             raise ConfigError("method.dola.premature_layers", f"{pl!r} must be 'even' or a non-empty list of ints")
+        if self.after_replace not in AFTER_REPLACE:
+            raise ConfigError("method.dola.after_replace", f"{self.after_replace!r} is not one of {', '.join(AFTER_REPLACE)}")
         if not 0.0 <= float(self.relative_top) <= 1.0:
             raise ConfigError("method.dola.relative_top", f"must be in [0, 1] (0 disables), got {self.relative_top}")
 
@@ -82,12 +91,18 @@ class DolaStep:
 
 
 def dola_scores(
-    mature: torch.Tensor, premature: torch.Tensor, layer_ids: Sequence[int], relative_top: float
+    mature: torch.Tensor, premature: torch.Tensor, layer_ids: Sequence[int], relative_top: float,
+    fixed: int | None = None,
 ) -> DolaStep:
-    """§7.1: j* = argmax of the code's divergence (ties → lowest layer), scores = final − base."""
+    """§7.1: j* = argmax of the code's divergence (ties → lowest layer), scores = final − base.
+
+    `fixed`: use this entry of `layer_ids` as j* instead (`dola.after_replace=reuse`)."""
     lp_m = torch.log_softmax(mature.float(), dim=-1)
     lp_j = torch.log_softmax(premature.float(), dim=-1)
-    pick = int(torch.argmax(_code_jsd(lp_m, lp_j)).item())  # first maximum = lowest layer among ties
+    if fixed is None:
+        pick = int(torch.argmax(_code_jsd(lp_m, lp_j)).item())  # first maximum = lowest layer among ties
+    else:
+        pick = list(layer_ids).index(fixed)
     final = plausibility_cutoff(lp_m, lp_m, relative_top)  # = relative_top_filter(mature, relative_top)
     base = lp_j[pick].masked_fill(torch.isneginf(final), -1000.0)
     return DolaStep(final - base, int(layer_ids[pick]))
@@ -102,6 +117,7 @@ class DolaHead:
         self.relative_top = float(relative_top)
         self.norm_premature = bool(norm_premature)
         self.banned: list[int] = []  # ids never produced (see HALC: the image placeholder)
+        self.last_index: int | None = None  # j* of the last `token` call (hidden-states index)
 
     def premature_logits(self, hidden_states: Sequence[torch.Tensor]) -> torch.Tensor:
         """(k, V) fp32: all candidates through lm_head in one matmul (the weight is read once)."""
@@ -114,12 +130,19 @@ class DolaHead:
             rows.append(h)
         return self.adapter.lm_head(torch.stack(rows)).float()
 
-    def scores(self, out) -> DolaStep:
+    def scores(self, out, fixed: int | None = None) -> DolaStep:
         mature = self.adapter.last_logits(out)[0]
-        step = dola_scores(mature, self.premature_logits(out.hidden_states), self.layer_ids, self.relative_top)
+        step = dola_scores(mature, self.premature_logits(out.hidden_states), self.layer_ids, self.relative_top, fixed)
         if self.banned:
             step.scores[self.banned] = float("-inf")
         return step
 
     def token(self, out) -> int:
-        return int(torch.argmax(self.scores(out).scores).item())
+        step = self.scores(out)
+        self.last_index = step.premature_index
+        return int(torch.argmax(step.scores).item())
+
+    def token_at(self, out, premature_index: int) -> int:
+        """The token with j* fixed to `premature_index` (a hidden-states index of `layer_ids`)."""
+        self.last_index = premature_index
+        return int(torch.argmax(self.scores(out, fixed=premature_index).scores).item())

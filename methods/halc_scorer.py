@@ -18,6 +18,19 @@ from PIL import Image
 SCORER_HUB_ID = "Salesforce/blip-itm-large-coco"
 SCORER_MODEL_TYPE = "blip"
 SCORERS = ("blip_itm", "blip_itc")
+# What each scorer is, for results.json (`implementation.halc_scorer`). Neither is HALC's score: its
+# code ranks with `BlipModel.logits_per_image` loaded from `Salesforce/blip-image-captioning-large`,
+# a captioning checkpoint (vision tower + text *decoder*) that holds none of BlipModel's text encoder
+# (`text_model.*`) nor its projections (`visual_projection`, `text_projection`): from_pretrained
+# initialises them at random, so HALC's ranking is a cosine through random projections of a random
+# text encoder (checked on a tiny checkpoint in tests/methods/test_halc_models.py). That score cannot
+# be reproduced, so both options here are substitutes, and neither is the "closer analogue".
+SCORER_LABELS = {
+    "blip_itm": "BLIP image-text matching (BlipForImageTextRetrieval ITM head, P(match)); a substitute "
+    "for HALC's BlipModel score, whose text encoder and projections were random",
+    "blip_itc": "BLIP image-text contrastive cosine (BlipForImageTextRetrieval, use_itm_head=False); a "
+    "substitute for HALC's BlipModel score, whose text encoder and projections were random",
+}
 
 
 class BlipScorer:

@@ -151,3 +151,37 @@ def test_runner_rejects_missing_weights_before_loading_llava(tmp_path: Path, mon
     cfg = compose([*FAST, results_override(tmp_path), "method=halc_tiny", "method.num_pairs=7"])
     with pytest.raises(ConfigError, match="method.num_pairs"):
         plan(cfg)
+
+
+def test_halcs_blipmodel_from_a_captioning_checkpoint_has_random_text_side(tmp_path: Path) -> None:
+    """Why the harness's scorers are labelled substitutes (methods/halc_scorer.py): HALC loads
+    `BlipModel` from a captioning checkpoint. On a tiny checkpoint of the same class
+    (BlipForConditionalGeneration), BlipModel's text encoder and both projections are missing from it,
+    so from_pretrained initialises them at random; only the vision tower is loaded."""
+    from transformers import BlipConfig, BlipForConditionalGeneration, BlipModel
+
+    cfg = BlipConfig(
+        text_config=dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, encoder_hidden_size=16),
+        vision_config=dict(image_size=32, patch_size=16, hidden_size=16, intermediate_size=32,
+                           num_hidden_layers=1, num_attention_heads=2),
+        projection_dim=8, image_text_hidden_size=8,
+    )  # fmt: skip
+    captioner = BlipForConditionalGeneration(cfg)
+    captioner.save_pretrained(tmp_path)
+    model, info = BlipModel.from_pretrained(tmp_path, output_loading_info=True)
+    missing = set(info["missing_keys"])
+    assert {"visual_projection.weight", "text_projection.weight"} <= missing
+    text_params = {k for k, _ in model.named_parameters() if k.startswith("text_model.")}
+    assert text_params and text_params <= missing  # every text-encoder weight is fresh
+    assert not any(k.startswith("vision_model.") for k in missing)  # the vision tower did load
+    torch.testing.assert_close(
+        model.vision_model.embeddings.patch_embedding.weight, captioner.vision_model.embeddings.patch_embedding.weight
+    )
+
+
+def test_results_label_the_scorer_as_a_substitute() -> None:
+    for scorer in ("blip_itm", "blip_itc"):
+        label = HALC(scorer=scorer).implementation()["halc_scorer"]
+        assert label.startswith(f"BLIP image-text {'matching' if scorer == 'blip_itm' else 'contrastive'}")
+        assert "substitute" in label and "random" in label
