@@ -19,7 +19,7 @@ export TORCH_EXTENSIONS_DIR ?= $(abspath .cache/torch_extensions)
 
 STAMP := $(VENV)/.vh_bench-installed
 
-.PHONY: install nltk wordnet test demo bench report clean gpu-wheels gpu-check
+.PHONY: install nltk wordnet test demo bench mutants report clean gpu-wheels gpu-check
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,10 @@ gpu-wheels:
 # On a GPU machine: identity, launches and speed on the 7B-shaped model (scripts/gpu_check.sh).
 gpu-check:
 	scripts/gpu_check.sh
+
+# Mutation check (not part of `make test`): every mutant of scripts/mutants.py must be killed.
+mutants: nltk
+	nice -n 19 $(PY) scripts/mutants.py
 
 clean:
 	rm -rf .cache results/runs results/multirun results/outputs

@@ -2,10 +2,14 @@
 
 Each mutant is one small, named edit of one line (a sign, an index, a box, a layer, an off-by-one)
 that a faithful test suite must notice. The repository is copied once into a temporary directory;
-each mutant is applied to that copy, the tests listed for it run there (`pytest -x -q`, the venv's
-python, niced), and the file is restored before the next. The worktree itself is never edited.
+each mutant is applied to that copy, the tests listed for it run there (`pytest -x -q`, niced, in a
+fork of this process that has torch and transformers imported already but none of the project's
+modules), and the file is restored before the next. The worktree itself is never edited.
+The copy lives at a fixed place (`.cache/mutants/repo`, git-ignored, rebuilt every run) with its own
+`TORCH_EXTENSIONS_DIR` (`.cache/mutants/torch_extensions`): the VASparse kernel's build is keyed by its
+source path, so a fixed path builds it once, and the shared extension cache is never touched.
 
-    python scripts/mutants.py              # every mutant; exit 1 if any survives
+    python scripts/mutants.py              # every mutant (run it with the project's venv); exit 1 if any survives
     python scripts/mutants.py -k halc      # the mutants whose name contains "halc"
     python scripts/mutants.py --list       # names, files and test selections only
 
@@ -21,14 +25,13 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / ".cache" / "mutants"
 # What the temporary copy leaves out: VCS data, environments, caches and run outputs.
 IGNORE = shutil.ignore_patterns(".git", ".venv", ".cache", "__pycache__", "*.egg-info", "runs", "multirun", "outputs")
 
@@ -44,19 +47,23 @@ class Mutant:
 
 T_OPS = "tests/methods/test_vasparse_ops.py"
 T_VAS = "tests/methods/test_vasparse.py"
-T_VEFF = "tests/methods/test_vasparse.py"
+T_VEFF = "tests/methods/test_vasparse_effects.py"
 T_FUSED = "tests/methods/test_vasparse_fused.py"
 T_VCD = "tests/methods/test_vcd.py"
 T_FASTV = "tests/methods/test_fastv.py"
 T_TOPK = "tests/methods/test_topk.py"
 T_HU = "tests/methods/test_halc_units.py"
 T_HS = "tests/methods/test_halc_search.py"
-T_HF = "tests/methods/test_halc_search.py"
+T_HF = "tests/methods/test_halc_fidelity.py"
 T_HM = "tests/methods/test_halc_models.py"
 T_CHAIR = "tests/metrics/test_chair.py"
 T_POPE = "tests/metrics/test_pope.py"
 T_OPOPE = "tests/metrics/test_opope.py"
 T_POPEGEN = "tests/data/test_pope_gen.py"
+
+VCD_Z = (f"{T_VCD}::test_contrast_branch_has_its_own_cache_and_sees_the_noised_image",)  # z vs fresh forwards
+FASTV_RANK = (f"{T_FASTV}::test_ranking_equals_eager_output_attentions",)
+FUSED_CALL = (f"{T_FUSED}::test_kernel_call_equals_the_reference_path",)  # the C++ kernel vs the torch path
 
 M = Mutant
 MUTANTS: tuple[Mutant, ...] = (
@@ -83,9 +90,7 @@ MUTANTS: tuple[Mutant, ...] = (
       "img = slice(lay.image_start + 1, lay.image_start + lay.n_image + 1)",
       (f"{T_VAS}::test_saliency_history_and_sap_accumulators_match_eager_attentions",)),
     M("saliency_decode_row_ignores_redistribution", "methods/vasparse_attention.py",
-      "r_new = a_hat[..., img].sum(dim=-1).mean(dim=1)", "r_new = real[..., img].sum(dim=-1).mean(dim=1)",
-      (T_FUSED,)),
-    # ---- VASparse: DPC-kNN (§6.2) ----------------------------------------------------------------
+      "r_new = a_hat[..., img].sum(dim=-1).mean(dim=1)", "r_new = real[..., img].sum(dim=-1).mean(dim=1)", FUSED_CALL),
     M("dpc_density_without_square", "methods/vasparse_cluster.py",
       "rho = torch.exp(-nearest.square().mean(dim=-1))", "rho = torch.exp(-nearest.mean(dim=-1))", (T_OPS,)),
     M("dpc_separation_max_not_min", "methods/vasparse_cluster.py",
@@ -101,26 +106,24 @@ MUTANTS: tuple[Mutant, ...] = (
       "share = torch.gather(virtual_probs, -1, merge.assign)", (T_OPS,)),
     # ---- VASparse: SVCD (eq. (6)) ----------------------------------------------------------------
     M("svcd_mask_on_text_positions", "methods/vasparse_svcd.py",
-      "return (pick + inputs.image_start).sort().values", "return pick.sort().values", (T_VEFF,)),
+      "return (pick + inputs.image_start).sort().values", "return pick.sort().values", (f"{T_VAS}::test_svcd_mask_is_per_sample",)),
     M("svcd_mask_ignored_by_the_branch", "methods/vasparse_svcd.py",
       "self.keep = kept_positions(inputs.length, masked).to(adapter.device)",
-      "self.keep = torch.arange(inputs.length).to(adapter.device)", (T_VEFF,)),
+      "self.keep = torch.arange(inputs.length).to(adapter.device)", (f"{T_VEFF}::test_svcd_contrast_is_the_equations_and_depends_on_the_image_mask",)),
     M("svcd_branch_positions_renumbered", "methods/vasparse_svcd.py",
       "return self._logits(inputs_embeds.index_select(1, self.keep), self.keep[None])",
       "return self._logits(inputs_embeds.index_select(1, self.keep), torch.arange(self.keep.numel())[None])",
       (f"{T_VAS}::test_svcd_branch_cached_equals_recompute_and_physical_equals_masking",)),
     M("svcd_stop_layer_off_by_one", "methods/vasparse.py",
       "self.adapter, self.inputs, self.image_mask, stop_layer=svcd.stop_layer, final_norm=svcd.final_norm",
-      "self.adapter, self.inputs, self.image_mask, stop_layer=svcd.stop_layer - 1, final_norm=svcd.final_norm",
-      (T_VEFF,)),
+      "self.adapter, self.inputs, self.image_mask, stop_layer=svcd.stop_layer - 1, final_norm=svcd.final_norm", (f"{T_VAS}::test_svcd_full_depth_unmasked_branch_equals_the_main_logits",)),
     M("svcd_embedding_prior_norm_inverted", "methods/vasparse_svcd.py",
       "            if self.final_norm:\n                h = self.adapter.final_norm(h)\n            row",
       "            if not self.final_norm:\n                h = self.adapter.final_norm(h)\n            row",
       (f"{T_VAS}::test_svcd_stop_layer_0_is_the_embedding_prior_whatever_the_mask",)),
     M("svcd_alpha_ignored", "methods/vasparse.py",
       "return contrast_scores(l_main, l_contrast, self.method.alpha, self.method.svcd.plausibility)",
-      "return contrast_scores(l_main, l_contrast, 0.1, self.method.svcd.plausibility)", (T_VEFF,)),
-    # ---- VASparse: SAP (eq. (7)) -----------------------------------------------------------------
+      "return contrast_scores(l_main, l_contrast, 0.1, self.method.svcd.plausibility)", (f"{T_VEFF}::test_svcd_contrast_is_the_equations_and_depends_on_the_image_mask",)),
     M("sap_penalty_sign", "methods/vasparse_sap.py",
       "return s * (1.0 + beta - beta * w)", "return s * (1.0 - beta + beta * w)", (T_OPS,)),
     M("sap_weights_of_negated_attention", "methods/vasparse_sap.py",
@@ -129,50 +132,44 @@ MUTANTS: tuple[Mutant, ...] = (
       "return probs.float().sum(dim=-2)", "return probs.float().sum(dim=-1)",
       (f"{T_VAS}::test_saliency_history_and_sap_accumulators_match_eager_attentions",)),
     M("sap_decode_rows_not_accumulated", "methods/vasparse_attention.py",
-      "st.c[call.layer].add_(a_hat)  # grown", "st.c[call.layer].mul_(1.0)  # grown", (T_FUSED,)),
-    # ---- VCD (§3) --------------------------------------------------------------------------------
+      "st.c[call.layer].add_(a_hat)  # grown", "st.c[call.layer].mul_(1.0)  # grown", FUSED_CALL),
     M("vcd_noise_step_off_by_one", "methods/vcd.py",
       "return float(torch.sqrt(alpha_bar[noise_step])), float(torch.sqrt(1 - alpha_bar[noise_step]))",
-      "return float(torch.sqrt(alpha_bar[noise_step - 1])), float(torch.sqrt(1 - alpha_bar[noise_step - 1]))",
-      (T_VCD,)),
+      "return float(torch.sqrt(alpha_bar[noise_step - 1])), float(torch.sqrt(1 - alpha_bar[noise_step - 1]))", (f"{T_VCD}::test_noise_coefficients",)),
     M("vcd_noise_clamped", "methods/vcd.py",
-      "x = pixel_values.float()", "x = pixel_values.float().clamp(-1, 1)", (T_VCD,)),
+      "x = pixel_values.float()", "x = pixel_values.float().clamp(-1, 1)", (f"{T_VCD}::test_noise_is_the_ddpm_forward_step_without_clamping",)),
     M("vcd_contrast_sign", "vh_bench/decoding/contrast.py",
       "z = l if alpha == 0 else (1.0 + alpha) * l - alpha * l_contrast.float()",
-      "z = l if alpha == 0 else (1.0 + alpha) * l + alpha * l_contrast.float()", (T_VCD,)),
+      "z = l if alpha == 0 else (1.0 + alpha) * l + alpha * l_contrast.float()", VCD_Z),
     M("vcd_alpha_beta_swapped", "methods/vcd.py",
       "return contrast_scores(logits, logits_cd, self.method.alpha, self.method.beta)",
-      "return contrast_scores(logits, logits_cd, self.method.beta, self.method.alpha)", (T_VCD,)),
+      "return contrast_scores(logits, logits_cd, self.method.beta, self.method.alpha)", VCD_Z),
     M("vcd_cutoff_on_the_contrast_scores", "vh_bench/decoding/contrast.py",
-      "return z.masked_fill(l < threshold, float(\"-inf\"))", "return z.masked_fill(z < threshold, float(\"-inf\"))",
-      (T_VCD,)),
+      "return z.masked_fill(l < threshold, float(\"-inf\"))", "return z.masked_fill(z < threshold, float(\"-inf\"))", VCD_Z),
     M("vcd_batched_halves_swapped", "methods/vcd.py",
-      "return z[: self.rows], z[self.rows :]", "return z[self.rows :], z[: self.rows]", (T_VCD,)),
+      "return z[: self.rows], z[self.rows :]", "return z[self.rows :], z[: self.rows]", VCD_Z),
     M("vcd_beam_reorder_contrast_rows", "methods/vcd.py",
       "self.pair.reorder(torch.cat([beam_idx, beam_idx + self.rows]))",
-      "self.pair.reorder(torch.cat([beam_idx, beam_idx]))", (T_VCD,)),
-    # ---- FastV (§4) and Top-K (§5) ---------------------------------------------------------------
+      "self.pair.reorder(torch.cat([beam_idx, beam_idx]))", (f"{T_VCD}::test_beam_reorder_matches_a_single_row_replay",)),
     M("fastv_ranking_ascending", "vh_bench/decoding/pruning.py",
       "order = torch.sort(scores, descending=True, stable=True).indices",
-      "order = torch.sort(scores, descending=False, stable=True).indices", (T_FASTV,)),
+      "order = torch.sort(scores, descending=False, stable=True).indices", FASTV_RANK),
     M("fastv_ranking_image_span_off_by_one", "vh_bench/decoding/pruning.py",
       "scores = last_row_probs.float().mean(dim=0)[image_start : image_start + n_image]",
-      "scores = last_row_probs.float().mean(dim=0)[image_start + 1 : image_start + n_image + 1]", (T_FASTV,)),
+      "scores = last_row_probs.float().mean(dim=0)[image_start + 1 : image_start + n_image + 1]", FASTV_RANK),
     M("fastv_ranks_by_the_first_query", "vh_bench/decoding/pruning.py",
-      "q = call.query[:1, :, -1:, :]", "q = call.query[:1, :, :1, :]", (T_FASTV,)),
-    M("fastv_ranks_at_layer_k", "methods/fastv.py", "rank_layer=self.k - 1,", "rank_layer=self.k,", (T_FASTV,)),
+      "q = call.query[:1, :, -1:, :]", "q = call.query[:1, :, :1, :]", FASTV_RANK),
+    M("fastv_ranks_at_layer_k", "methods/fastv.py", "rank_layer=self.k - 1,", "rank_layer=self.k,", FASTV_RANK),
     M("fastv_keeps_ratio_not_one_minus", "methods/fastv.py",
-      "return round_half_up((1.0 - float(self.ratio)) * n_image)", "return round_half_up(float(self.ratio) * n_image)",
-      (T_FASTV,)),
+      "return round_half_up((1.0 - float(self.ratio)) * n_image)", "return round_half_up(float(self.ratio) * n_image)", (f"{T_FASTV}::test_counts_round_half_up",)),
     M("pruning_starts_one_layer_late", "vh_bench/decoding/pruning.py",
-      "return self.rank_layer + 1", "return self.rank_layer + 2", (T_FASTV,)),
+      "return self.rank_layer + 1", "return self.rank_layer + 2", (f"{T_FASTV}::test_cache_lengths_follow_the_pruning",)),
     M("topk_keeps_one_minus_ratio", "methods/topk.py",
       "return round_half_up(float(self.keep_ratio) * n_image)",
-      "return round_half_up((1.0 - float(self.keep_ratio)) * n_image)", (T_TOPK,)),
+      "return round_half_up((1.0 - float(self.keep_ratio)) * n_image)", (f"{T_TOPK}::test_counts_round_half_up",)),
     M("topk_ranks_one_layer_late", "methods/topk.py",
       "adapter, inputs, rank_layer=self.layer, n_keep",
-      "adapter, inputs, rank_layer=self.layer + 1, n_keep", (T_TOPK,)),
-    # ---- HALC (§7) -------------------------------------------------------------------------------
+      "adapter, inputs, rank_layer=self.layer + 1, n_keep", (f"{T_TOPK}::test_equals_fastv_at_k_layer_plus_1",)),
     M("halc_views_from_the_default_box", "methods/halc.py",
       "boxes = fov_boxes(g.box, m.num_fov, m.expand_ratio)",
       "boxes = fov_boxes(m.default_box, m.num_fov, m.expand_ratio)", (T_HF,)),
@@ -223,10 +220,10 @@ MUTANTS: tuple[Mutant, ...] = (
       (T_HF,)),
     M("halc_delete_span_start", "methods/halc.py",
       "outcome, d0 = \"delete\", (w_start if self.starts[c] else word_start)",
-      "outcome, d0 = \"delete\", w_start", (T_HS,)),
+      "outcome, d0 = \"delete\", w_start", (f"{T_HS}::test_replace_then_delete_keep_the_cache_in_step",)),
     M("halc_selection_picks_the_worst", "methods/halc.py",
       "order = sorted(range(len(entries)), key=lambda k: -by_text[entries[k][0]])",
-      "order = sorted(range(len(entries)), key=lambda k: by_text[entries[k][0]])", (T_HS,)),
+      "order = sorted(range(len(entries)), key=lambda k: by_text[entries[k][0]])", (f"{T_HS}::test_beam_selection_distinct_texts_and_duplicates",)),
     M("halc_itm_wrong_class", "methods/halc_scorer.py",
       "return torch.softmax(itm, dim=-1)[:, 1].cpu().tolist()", "return torch.softmax(itm, dim=-1)[:, 0].cpu().tolist()",
       (f"{T_HM}::test_blip_scores_equal_the_retrieval_models_forward",)),
@@ -284,29 +281,100 @@ def pytest_env(copy: Path) -> dict[str, str]:
     # on the mutated code); bytecode is not written so a restored file is never shadowed.
     env.setdefault("VH_BENCH_CACHE", str(ROOT / ".cache"))
     env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env["TORCH_EXTENSIONS_DIR"] = str(WORK / "torch_extensions")
     env["PYTHONPATH"] = str(copy)  # the copy's packages, never the editable install's source
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     return env
 
 
-def run_tests(copy: Path, tests: tuple[str, ...], python: str, timeout: float) -> tuple[int, str]:
-    cmd = ["nice", "-n", "19", python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-W", "ignore", *tests]
+# Third-party modules every selection needs, imported once here so that each mutant's run (a fork of
+# this process) starts without paying for torch and transformers again. The project's own modules
+# (vh_bench, methods, tests) are never imported here: each child imports them from the mutated copy.
+PRELOAD = (
+    "torch", "numpy", "PIL.Image", "pytest", "hydra", "omegaconf", "transformers",
+    "transformers.models.llama.modeling_llama", "transformers.models.llava.modeling_llava",
+    "transformers.models.clip.modeling_clip", "transformers.models.blip.modeling_blip",
+)  # fmt: skip
+
+
+def preload() -> None:
+    import importlib
+
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except Exception:  # a missing optional module only costs its import time later
+            pass
+    for name in list(sys.modules):
+        if name.split(".")[0] in ("vh_bench", "methods", "tests"):
+            raise SystemExit(f"mutants: {name} was imported before the copy was mutated")
+
+
+def _child(copy: Path, args: list[str], log: Path) -> None:
+    """In the forked child: become a pytest run inside the copy; never returns."""
+    rc = 3
     try:
-        proc = subprocess.run(cmd, cwd=copy, env=pytest_env(copy), capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return 124, "timed out"
-    tail = (proc.stdout + proc.stderr).strip().splitlines()
-    return proc.returncode, tail[-1] if tail else ""
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.environ.clear()
+        os.environ.update(pytest_env(copy))
+        os.chdir(copy)
+        sys.path.insert(0, str(copy))
+        import pytest
+
+        rc = int(pytest.main(args))
+    except BaseException as exc:  # noqa: BLE001 - report anything, the parent only sees the code
+        print(f"mutants child: {type(exc).__name__}: {exc}", flush=True)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
 
 
-def check_imports(copy: Path, python: str) -> None:
+def run_tests(copy: Path, tests: tuple[str, ...], timeout: float) -> tuple[int, str]:
+    """`pytest -x -q` on `tests` inside the copy, in a forked child (niced); (exit code, last line)."""
+    args = ["-x", "-q", "-p", "no:cacheprovider", "-W", "ignore", *tests]
+    log = WORK / "last_run.log"
+    pid = os.fork()
+    if pid == 0:
+        os.nice(19)
+        _child(copy, args, log)
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            rc = os.waitstatus_to_exitcode(status)
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            rc = 124
+            break
+        time.sleep(0.2)
+    tail = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
+    return rc, tail[-1] if tail else ""
+
+
+def check_imports(copy: Path) -> None:
     """The copy must import its own modules, or mutating it would test nothing."""
-    code = "import methods.vcd, vh_bench.metrics.chair as c; print(methods.vcd.__file__); print(c.__file__)"
-    out = subprocess.run([python, "-c", code], cwd=copy, env=pytest_env(copy), capture_output=True, text=True)
-    paths = out.stdout.split()
-    if out.returncode != 0 or len(paths) != 2 or not all(Path(p).resolve().is_relative_to(copy.resolve()) for p in paths):
-        raise SystemExit(f"mutants: the temporary copy does not import its own code ({out.stdout or out.stderr})")
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.environ.update(pytest_env(copy))
+            os.chdir(copy)
+            sys.path.insert(0, str(copy))
+            import methods.vcd
+            import vh_bench.metrics.chair
+
+            ok = all(Path(m.__file__).resolve().is_relative_to(copy.resolve()) for m in (methods.vcd, vh_bench.metrics.chair))
+        except BaseException:  # noqa: BLE001
+            ok = False
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit("mutants: the temporary copy does not import its own code")
 
 
 def apply(copy: Path, m: Mutant) -> str | None:
@@ -324,7 +392,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-k", default="", help="only mutants whose name contains this")
     ap.add_argument("--list", action="store_true", help="list the mutants and exit")
     ap.add_argument("--no-baseline", action="store_true", help="skip the unmutated run of the test selections")
-    ap.add_argument("--python", default=sys.executable, help="interpreter with the project's dependencies")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per mutant's test run")
     args = ap.parse_args(argv)
     chosen = [m for m in MUTANTS if args.k in m.name]
@@ -335,13 +402,21 @@ def main(argv: list[str] | None = None) -> int:
     if not chosen:
         print(f"mutants: no mutant name contains {args.k!r}", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory(prefix="vh_mutants_") as tmp:
-        copy = copy_repo(Path(tmp) / "repo")
-        check_imports(copy, args.python)
+    copy = WORK / "repo"
+    # Only this check uses its extension directory: a lock there is left by a killed earlier run.
+    for lock in (WORK / "torch_extensions").glob("*/lock"):
+        lock.unlink()
+    if copy.exists():
+        shutil.rmtree(copy)
+    WORK.mkdir(parents=True, exist_ok=True)
+    try:
+        copy_repo(copy)
+        preload()
+        check_imports(copy)
         if not args.no_baseline:
             selections = tuple(dict.fromkeys(t for m in chosen for t in m.tests))
             t0 = time.perf_counter()
-            rc, tail = run_tests(copy, selections, args.python, args.timeout * 4)
+            rc, tail = run_tests(copy, selections, args.timeout * 4)
             print(f"baseline (unmutated, {len(selections)} selections): {'pass' if rc == 0 else 'FAIL'} "
                   f"in {time.perf_counter() - t0:.0f} s  {tail}", flush=True)  # fmt: skip
             if rc != 0:
@@ -355,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
                 outcomes.append(Outcome(m, "stale", 0.0, f"snippet not found exactly once in {m.path}"))
             else:
                 try:
-                    rc, tail = run_tests(copy, m.tests, args.python, args.timeout)
+                    rc, tail = run_tests(copy, m.tests, args.timeout)
                 finally:
                     (copy / m.path).write_text(original)
                 # pytest: 1 = tests failed, 2 = interrupted (a mutant that breaks the import), 124 = our
@@ -365,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
                 outcomes.append(Outcome(m, status, time.perf_counter() - t0, tail))
             o = outcomes[-1]
             print(f"[{i:2d}/{len(chosen)}] {o.status.upper():8s} {m.name:45s} {o.seconds:5.0f} s  {o.detail}", flush=True)
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
     bad = [o for o in outcomes if o.status != "killed"]
     killed = len(outcomes) - len(bad)
     print(f"\n{killed}/{len(outcomes)} mutants killed", end="")

@@ -124,6 +124,15 @@ def test_contrast_branch_has_its_own_cache_and_sees_the_noised_image(tiny_adapte
             assert torch.allclose(cd_logits, tiny_adapter.last_logits(fresh), rtol=1e-4, atol=1e-4), t
             clean = tiny_adapter.forward(cache=tiny_adapter.new_cache(), input_ids=ids, pixel_values=inputs.pixel_values)
             assert torch.allclose(main_logits, tiny_adapter.last_logits(clean), rtol=1e-4, atol=1e-4), t
+            # The loop's scores from these fresh forwards by VCD eq. (3)–(4), in probability form:
+            # (1+α)·l − α·l_cd with α = 1, removed where p_clean < β·max p_clean (β = 0.1).
+            l, l_cd = tiny_adapter.last_logits(clean)[0], tiny_adapter.last_logits(fresh)[0]
+            p = torch.softmax(l, dim=-1)
+            want = torch.where(p < 0.1 * p.max(), float("-inf"), 2.0 * l - l_cd)
+            got = run.z[t][0]
+            assert torch.equal(torch.isinf(got), torch.isinf(want)), t
+            fin = torch.isfinite(want)
+            assert torch.allclose(got[fin], want[fin], rtol=1e-4, atol=2e-4), t
             # A shared (clean) cache would make these equal after the first token.
             assert not torch.allclose(cd_logits, main_logits, rtol=1e-3, atol=1e-3), t
 
