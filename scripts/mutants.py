@@ -203,8 +203,10 @@ MUTANTS: tuple[Mutant, ...] = (
       "return list(range(0, n_layers - 1, 2))", "return list(range(1, n_layers, 2))", (T_HU,)),
     M("dola_premature_normed", "methods/halc_dola.py",
       "if self.norm_premature and j != last:", "if j != last:", (T_HF,)),
-    M("dola_base_not_masked", "methods/halc_dola.py",
-      "base = lp_j[pick].masked_fill(torch.isneginf(final), -1000.0)", "base = lp_j[pick]", (T_HU,)),
+    # (Not a mutant: dropping the −1000 fill of `base` where `final` is −inf; −inf − base is −inf
+    # either way, so that edit changes no score and no test can, or should, notice it.)
+    M("dola_without_relative_top", "methods/halc_dola.py",
+      "final = plausibility_cutoff(lp_m, lp_m, relative_top)  #", "final = lp_m  #", (T_HU,)),
     M("halc_grounding_largest_box", "methods/halc_grounding.py",
       "boxes[areas.index(min(areas))]", "boxes[areas.index(max(areas))]", (T_HU,)),
     M("halc_grounding_keeps_tiny_boxes", "methods/halc_grounding.py",
@@ -315,11 +317,11 @@ def _child(copy: Path, args: list[str], log: Path) -> None:
     """In the forked child: become a pytest run inside the copy; never returns."""
     rc = 3
     try:
+        env = pytest_env(copy)
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
-        os.environ.clear()
-        os.environ.update(pytest_env(copy))
+        os.environ.update(env)
         os.chdir(copy)
         sys.path.insert(0, str(copy))
         import pytest
