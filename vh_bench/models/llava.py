@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from vh_bench.decoding import attention
 from vh_bench.errors import ConfigError
 from vh_bench.models import templates
+from vh_bench.models.cache_kwarg import cache_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,12 @@ def check_checkpoint(path_or_id: str) -> None:
                 f"{p} is missing {len(missing)} of {len(shards)} weight shards (e.g. {missing[0]})",
                 "the download is incomplete",
             )
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
 
 
 class LlavaAdapter:
@@ -254,18 +261,29 @@ class LlavaAdapter:
         inputs_embeds: torch.Tensor | None = None,
         output_hidden_states: bool = False,
     ) -> Any:
-        """One batch-1 (rows = beams/branches) forward with the rules of methods.md §1.1."""
-        return self.model(
+        """One batch-1 (rows = beams/branches) forward with the rules of methods.md §1.1.
+
+        Raises if the model did not write into `cache`: a forward that ignored it (an unknown cache
+        keyword is swallowed by `**kwargs`) would decode every later step without its context.
+        """
+        before = cache.get_seq_length()
+        out = self.model(
             input_ids=input_ids if inputs_embeds is None else None,
             pixel_values=pixel_values,
             inputs_embeds=inputs_embeds,
             attention_mask=None,
-            past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            **cache_kwargs(self.model, cache),  # the installed version's name for it (cache_kwarg.py)
         )
+        if cache.get_seq_length() <= before:
+            raise RuntimeError(
+                f"transformers {_transformers_version()} ignored the harness's KV cache; "
+                "use a version in pyproject.toml's tested range"
+            )
+        return out
 
     @staticmethod
     def last_logits(out: Any) -> torch.Tensor:
