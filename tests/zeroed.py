@@ -53,8 +53,9 @@ def main_logits(method: Method, adapter, inputs, gen: GenConfig) -> tuple[list[i
     return run.tokens, (seen or list(run.z)), list(run.z)
 
 
-def assert_bitwise_vanilla(name: str, adapter, inputs, gen: GenConfig) -> None:
-    ref_tokens, ref_logits, _ = main_logits(Vanilla(), adapter, inputs, gen)
+def assert_bitwise_vanilla(name: str, adapter, inputs, gen: GenConfig, reference=None) -> None:
+    """`reference`: vanilla's `main_logits` for the same arguments, if already computed."""
+    ref_tokens, ref_logits, _ = reference or main_logits(Vanilla(), adapter, inputs, gen)
     tokens, logits, z = main_logits(ZEROED[name](), adapter, inputs, gen)
     assert tokens == ref_tokens, name
     assert len(logits) == len(ref_logits), name
