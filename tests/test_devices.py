@@ -54,6 +54,7 @@ class FakeCuda:
 def test_bind_sets_the_ranks_device_and_nothing_on_cpu(monkeypatch):
     fake = FakeCuda().install(monkeypatch)
     devices.bind("cpu")
+    devices.bind("cuda")  # no index: already the current device (torch's set_device would raise)
     assert fake.calls == []
     devices.bind("cuda:3")
     assert fake.calls == [("set_device", torch.device("cuda:3"))]

@@ -19,9 +19,12 @@ def is_cuda(device: str | torch.device) -> bool:
 
 
 def bind(device: str | torch.device) -> None:
-    """Make `device` the process's current CUDA device (kernels, allocations without a device)."""
-    if is_cuda(device):
-        torch.cuda.set_device(torch.device(device))
+    """Make `device` the process's current CUDA device (kernels, allocations without a device).
+
+    A bare "cuda" already means the current device (set_device would refuse it: no index)."""
+    d = torch.device(device)
+    if d.type == "cuda" and d.index is not None:
+        torch.cuda.set_device(d)
 
 
 def synchronize(device: str | torch.device) -> None:
