@@ -34,7 +34,7 @@ from methods.halc_grounding import (
 )
 from methods.halc_scorer import SCORER_HUB_ID, SCORER_LABELS, SCORER_MODEL_TYPE, SCORERS, BlipScorer
 from methods.halc_words import ADD_WORDS, EXEMPT_WORDS, NltkTagger, SpacyTagger, last_piece, object_test, word_start_table
-from vh_bench.decoding import attention
+from vh_bench.decoding import attention, kv_cache
 from vh_bench.decoding.method import Method
 from vh_bench.decoding.seeding import SampleSeeds
 from vh_bench.decoding.timing import SampleTimer
@@ -251,8 +251,9 @@ class HALC(Method):
 
     def generate(self, adapter: LlavaAdapter, inputs: ModelInputs, gen: GenConfig, seeds: SampleSeeds) -> Generation:
         search = self.search(adapter, inputs, gen, seeds)
-        with torch.inference_mode(), attention.control(adapter, None):  # plain attention, like vanilla
+        with torch.inference_mode(), attention.control(adapter, None), kv_cache.track() as kv:  # plain attention
             ids = search.run()
+            kv_bytes = kv.measure()  # the beams alive at the end (rolled-back or dropped ones not counted)
         return Generation(
             token_ids=ids,
             text=search._text(ids),  # placeholders never reach the text
@@ -260,6 +261,7 @@ class HALC(Method):
             t_prefill_s=search.timer.prefill_s,
             t_decode_s=search.timer.decode_s,
             extras=search.summary(),
+            kv_cache=kv_bytes,
         )
 
 

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from PIL import Image
 
+from vh_bench.models.cache_kwarg import cache_kwargs
+
 SCORER_HUB_ID = "Salesforce/blip-itm-large-coco"
 SCORER_MODEL_TYPE = "blip"
 SCORERS = ("blip_itm", "blip_itc")
@@ -84,7 +86,7 @@ class _BlipSession:
             input_ids=tok["input_ids"].to(sc.device),
             attention_mask=tok["attention_mask"].to(sc.device),
             encoder_hidden_states=embeds,
-            past_key_values=cache,
+            **cache_kwargs(sc.model.text_encoder, cache),
         )
         return cache.cross_attention_cache
 
@@ -108,6 +110,7 @@ class _BlipSession:
             return (self._image_feat @ text_feat.t())[0].float().cpu().tolist()
         # ITM: a fresh self-attention cache per call; the image's cross-attention K/V are reused.
         cache = EncoderDecoderCache(DynamicCache(), self._cross)
-        q = model.text_encoder(**tok, encoder_hidden_states=self._embeds, past_key_values=cache).last_hidden_state
+        q = model.text_encoder(**tok, encoder_hidden_states=self._embeds, **cache_kwargs(model.text_encoder, cache))
+        q = q.last_hidden_state
         itm = model.itm_head(q[:, 0, :]).float()
         return torch.softmax(itm, dim=-1)[:, 1].cpu().tolist()

@@ -25,7 +25,7 @@ from methods.vasparse_select import NORMALIZE, SCOPES
 from methods.vasparse_svcd import EmbeddingContrast, SparseContrastBranch, draw_image_mask
 from vh_bench.decoding.attention import AttentionController, ControlledStepper
 from vh_bench.decoding.branch import Branch
-from vh_bench.decoding.contrast import contrast_scores
+from vh_bench.decoding.contrast import contrast_scores, plausibility_cutoff
 from vh_bench.decoding.method import Method
 from vh_bench.decoding.seeding import SampleSeeds
 from vh_bench.errors import ConfigError, is_int
@@ -98,6 +98,36 @@ def resolve_layers(value: Any, n_layers: int, key: str) -> list[int]:
     return sorted(set(out))
 
 
+@dataclass(frozen=True)
+class Roles:
+    """Which components run in a generation, and on which layers."""
+
+    vats_layers: frozenset[int]
+    sap_layers: frozenset[int]
+    saliency_layer: int | None
+    contrast: bool  # the SVCD contrast stream
+
+
+def active_roles(method: "VASparse", n_layers: int) -> Roles:
+    """A component whose knob is zeroed does not run, so the plain attention path stays bit-exact.
+
+    Each identity is exact in the math, but an explicit-path layer computes the same attention with
+    a different op order than sdpa (§1.6), which in bfloat16 moves logits by more than a top-2
+    margin. So: S = 1 keeps every key whatever λ (VATS and its saliency layer are off); β = 0 makes
+    s·(1 + β − β·w) = s (no SAP); α = 0 makes z = l (no contrast stream; the plausibility cutoff
+    on the main logits still applies while SVCD is enabled, so z is unchanged).
+    """
+    vats, sap = method.vats, method.sap
+    vats_on = vats.enabled and method.sparsity < 1
+    vats_layers = frozenset(resolve_layers(vats.layers, n_layers, "method.vats.layers")) if vats_on else frozenset()
+    sap_on = sap.enabled and method.beta != 0
+    sap_layers = frozenset(resolve_layers(sap.layers, n_layers, "method.sap.layers")) if sap_on else frozenset()
+    saliency_layer = None
+    if vats_on and method.lam != 0:  # P is only needed when λ weighs it
+        saliency_layer = resolve_layers([vats.saliency_layer], n_layers, "method.vats.saliency_layer")[0]
+    return Roles(vats_layers, sap_layers, saliency_layer, method.svcd.enabled and method.alpha != 0)
+
+
 class VASparseStepper:
     """Main branch under the attention controller + the SVCD contrast stream."""
 
@@ -106,17 +136,14 @@ class VASparseStepper:
         self.inputs = inputs
         self.method = method
         n = adapter.n_layers
-        vats, sap, svcd = method.vats, method.sap, method.svcd
+        vats, svcd = method.vats, method.svcd
         self.controller = AttentionController(n)
         self.state = VASparseState(
             Layout(inputs.length, inputs.image_start, inputs.n_image_tokens), record=method.record_extras
         )
         self.controller.add_row_state(self.state)
-        vats_layers = set(resolve_layers(vats.layers, n, "method.vats.layers")) if vats.enabled else set()
-        sap_layers = set(resolve_layers(sap.layers, n, "method.sap.layers")) if sap.enabled else set()
-        saliency_layer = None
-        if vats.enabled and method.lam != 0:  # P is only needed when λ weighs it
-            saliency_layer = resolve_layers([vats.saliency_layer], n, "method.vats.saliency_layer")[0]
+        self.roles = roles = active_roles(method, n)
+        vats_layers, sap_layers, saliency_layer = roles.vats_layers, roles.sap_layers, roles.saliency_layer
         params = VATSParams(
             method.lam, method.sparsity, vats.scope, vats.normalize, vats.merge, vats.cluster_ratio, vats.knn_k
         )
@@ -146,9 +173,12 @@ class VASparseStepper:
 
     def _combine(self, l_main: torch.Tensor, l_contrast: torch.Tensor | None) -> torch.Tensor:
         self.last_logits = l_main
-        if l_contrast is None:
+        svcd = self.method.svcd
+        if not svcd.enabled:
             return l_main
-        return contrast_scores(l_main, l_contrast, self.method.alpha, self.method.svcd.plausibility)
+        if l_contrast is None:  # α = 0: (1+0)·l − 0·l_φ = l, bit for bit; the cutoff still applies
+            return plausibility_cutoff(l_main.float(), l_main.float(), svcd.plausibility)
+        return contrast_scores(l_main, l_contrast, self.method.alpha, svcd.plausibility)
 
     def _contrast(self, run) -> torch.Tensor | None:
         if self.contrast is None:
@@ -162,9 +192,9 @@ class VASparseStepper:
     def prefill(self) -> torch.Tensor:
         svcd = self.method.svcd
         embeds = None
-        if svcd.enabled:  # drawn here so that it is timed with the rest of the method (§1.8)
+        if self.roles.contrast:  # drawn here so that it is timed with the rest of the method (§1.8)
             self.image_mask = draw_image_mask(self.inputs, svcd.mask_ratio, self.seeds.torch_generator("svcd_mask"))
-        if svcd.enabled and svcd.stop_layer > 0:
+        if self.roles.contrast and svcd.stop_layer > 0:
             # Both streams read the same projected image features (methods.md §1.5).
             embeds = self.adapter.build_inputs_embeds(self.inputs)
             self.main = Branch(self.adapter, self.inputs, inputs_embeds=embeds)
@@ -173,7 +203,7 @@ class VASparseStepper:
             )
         else:
             self.main = Branch(self.adapter, self.inputs)
-            if svcd.enabled:
+            if self.roles.contrast:
                 self.contrast = EmbeddingContrast(self.adapter, self.inputs, final_norm=svcd.final_norm)
         self.driven = ControlledStepper(self.main, self.controller)
         l_main = self.driven.prefill()

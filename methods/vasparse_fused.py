@@ -86,12 +86,29 @@ def load() -> Any:
     flags = ["-O3", "-ffp-contract=off", "-fopenmp-simd", *_ARCH_FLAGS.get(cap, [])]
     digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(flags).encode()).hexdigest()[:12]
     name = f"vh_vasparse_decode_{platform.machine()}_{cap.lower()}_{digest}"
-    log.info("building the VASparse CPU kernel %s (first use only)", name)
+    if is_built(name):
+        log.debug("loading the cached VASparse CPU kernel %s", name)
+    else:  # said only when a compile really follows (issue 16)
+        log.info("building the VASparse CPU kernel %s (first use on this machine, ~20 s)", name)
     try:
         return load_extension(name=name, sources=[str(SOURCE)], extra_cflags=flags, verbose=False)
     except Exception as exc:  # noqa: BLE001 - compiler errors become one reason line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise KernelUnavailable(f"building {SOURCE.name} failed: {first}") from exc
+
+
+def is_built(name: str) -> bool:
+    """Whether `torch.utils.cpp_extension` has the compiled library for `name` in its cache.
+
+    Uses torch's own (private) build-directory rule; when torch changes it this answers False and
+    the only cost is a "building" line that may be wrong.
+    """
+    try:
+        from torch.utils.cpp_extension import LIB_EXT, _get_build_directory
+
+        return (Path(_get_build_directory(name, verbose=False)) / f"{name}{LIB_EXT}").is_file()
+    except Exception:  # noqa: BLE001 - a private helper: never let it break the build
+        return False
 
 
 def supported(device: torch.device | str, dtype: torch.dtype) -> bool:

@@ -14,7 +14,7 @@ from functools import lru_cache
 import torch
 
 from vh_bench.decoding.branch import Branch
-from vh_bench.decoding.contrast import contrast_scores
+from vh_bench.decoding.contrast import contrast_scores, plausibility_cutoff
 from vh_bench.decoding.method import Method
 from vh_bench.decoding.seeding import SampleSeeds
 from vh_bench.errors import ConfigError, is_int
@@ -60,8 +60,10 @@ class VCDStepper:
         self.last_logits: torch.Tensor | None = None
         self.last_contrast_logits: torch.Tensor | None = None
 
-    def _combine(self, logits: torch.Tensor, logits_cd: torch.Tensor) -> torch.Tensor:
+    def _combine(self, logits: torch.Tensor, logits_cd: torch.Tensor | None) -> torch.Tensor:
         self.last_logits, self.last_contrast_logits = logits, logits_cd
+        if logits_cd is None:  # α = 0: (1+0)·l − 0·l_cd = l exactly; the cutoff on l still applies
+            return plausibility_cutoff(logits.float(), logits.float(), self.method.beta)
         return contrast_scores(logits, logits_cd, self.method.alpha, self.method.beta)
 
     def _split(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,6 +72,11 @@ class VCDStepper:
     def prefill(self) -> torch.Tensor:
         # Noising happens here, inside the timed region (methods.md §1.8).
         pv = self.inputs.pixel_values
+        if self.method.alpha == 0:
+            # No contrast row: the 2-row batch would give the main row other rounding than vanilla's
+            # 1-row forward (3e-2 in bfloat16), for a contrast weighted by zero.
+            self.main = Branch(self.adapter, self.inputs)
+            return self._combine(self.main.prefill(), None)
         self.pixel_values_cd = diffusion_noise(pv, self.method.noise_step, self.seeds.torch_generator("vcd_noise"))
         if self.method.batched:
             pair_inputs = replace(self.inputs, input_ids=self.inputs.input_ids.repeat(2, 1))
@@ -82,6 +89,8 @@ class VCDStepper:
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.pair is not None:
             return self._combine(*self._split(self.pair.step(torch.cat([tokens, tokens]))))
+        if self.contrast is None:
+            return self._combine(self.main.step(tokens), None)
         return self._combine(self.main.step(tokens), self.contrast.step(tokens))
 
     def expand(self, n: int) -> None:
@@ -96,14 +105,16 @@ class VCDStepper:
             self.pair.reorder(torch.cat([beam_idx, beam_idx + self.rows]))
             return
         self.main.reorder(beam_idx)
-        self.contrast.reorder(beam_idx)
+        if self.contrast is not None:
+            self.contrast.reorder(beam_idx)
 
     @property
-    def caches(self) -> tuple[object, object]:
-        """(main cache, contrast cache); the same object twice only in batched mode (one 2B-row batch)."""
+    def caches(self) -> tuple[object, object | None]:
+        """(main cache, contrast cache); the same object twice only in batched mode (one 2B-row batch),
+        no contrast cache with α = 0."""
         if self.pair is not None:
             return self.pair.cache, self.pair.cache
-        return self.main.cache, self.contrast.cache
+        return self.main.cache, None if self.contrast is None else self.contrast.cache
 
 
 @dataclass

@@ -48,6 +48,8 @@ def test_run_writes_lines_and_results(tmp_path: Path) -> None:
     assert stored["fingerprint"] == res["fingerprint"] and run_dir.name == res["fingerprint"][:8]
     assert stored["complete"] is True and stored["n_done"] == 3 and stored["n_errors"] == 0
     assert stored["speed"]["n_timed"] == 2  # the warm-up sample is excluded
+    mem = stored["run"]["memory"]  # the KV caches' spare capacity is reported apart from what they use
+    assert mem["peak_rss_bytes"] > 0 and 0 < mem["kv_cache_used_bytes"] < mem["kv_cache_reserved_bytes"]
     chair = stored["metrics"]["chair"]
     assert chair["n_captions"] == 3 and chair["CHAIRs"] == chair["n_hallucinated_captions"] / 3
     assert chair["config"]["dialect"] == "opera" and chair["config"]["gt_cache"]["sha256"]

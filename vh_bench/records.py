@@ -46,3 +46,4 @@ class Generation:
     t_prefill_s: float
     t_decode_s: float
     extras: dict[str, Any] = field(default_factory=dict)
+    kv_cache: Any = None  # vh_bench.decoding.kv_cache.KVBytes at the end of the generation

@@ -11,11 +11,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import resource
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +23,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from vh_bench import devices
 from vh_bench.config import gen_config, resolve_device, results_dir, to_plain
 from vh_bench.data.base import Dataset
 from vh_bench.data.images import load_rgb
+from vh_bench.decoding.kv_cache import KVBytes
 from vh_bench.decoding.method import Method
 from vh_bench.decoding.seeding import SampleSeeds
 from vh_bench.errors import ConfigError, SampleError, ScoringError
@@ -230,16 +231,6 @@ def timing_environment(device: str, dtype: str, attn_backend: str) -> dict[str, 
     }
 
 
-def _peak_memory(device: str) -> dict[str, Any]:
-    if device.startswith("cuda"):
-        return {
-            "peak_allocated_bytes": torch.cuda.max_memory_allocated(),
-            "peak_reserved_bytes": torch.cuda.max_memory_reserved(),
-        }
-    # CPU: the process's peak resident set (kilobytes on Linux).
-    return {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
-
-
 def generate_samples(p: Plan, store: RunStore, samples: list[Sample]) -> dict[str, Any]:
     """Generate every selected sample of this shard that has no line yet. Returns run facts."""
     done = store.done_ids()
@@ -250,12 +241,14 @@ def generate_samples(p: Plan, store: RunStore, samples: list[Sample]) -> dict[st
     rt = p.cfg.runtime
     set_num_threads(rt)
     model_path = resolve_model_path(p.cfg)
+    devices.bind(p.device)  # torchrun: this rank's GPU becomes the current one
     t0 = time.perf_counter()
     adapter = load_adapter(p.cfg, model_path, p.device, p.dtype)
     facts["model_load_s"] = time.perf_counter() - t0
     facts["model_path"] = model_path
-    if p.device.startswith("cuda"):
-        facts["weights_bytes"] = torch.cuda.memory_allocated()
+    if devices.is_cuda(p.device):
+        facts["weights_bytes"] = devices.allocated_bytes(p.device)
+    kv_peak = KVBytes(0, 0)
     shard = f"{p.shard_index}-of-{p.shard_count}" if p.shard_count > 1 else ""
     warmup_left = int(rt.warmup_samples)
     speed_env = timing_environment(p.device, p.dtype, str(rt.attn_backend))
@@ -274,10 +267,14 @@ def generate_samples(p: Plan, store: RunStore, samples: list[Sample]) -> dict[st
                 warm = error is None and warmup_left > 0
                 if warm:
                     warmup_left -= 1
-                    if p.device.startswith("cuda"):
-                        torch.cuda.reset_peak_memory_stats()
+                    devices.reset_peak(p.device)
+                elif out is not None and out.kv_cache is not None:
+                    kv_peak = KVBytes(*(max(a, b) for a, b in zip(astuple(kv_peak), astuple(out.kv_cache))))
                 writer.write(_sample_line(sample, out, device=p.device, warmup=warm, error=error, speed_env=speed_env))
-    facts["memory"] = _peak_memory(p.device)
+    # The KV caches' used bytes and their reserved capacity apart: the spare capacity (up to 2×,
+    # kv_cache.GrowingLayer) is inside the allocator's peak but is not memory the method needs.
+    facts["memory"] = {**devices.peak_memory(p.device), "kv_cache_used_bytes": kv_peak.used_bytes,
+                       "kv_cache_reserved_bytes": kv_peak.reserved_bytes}  # fmt: skip
     return facts
 
 

@@ -23,6 +23,7 @@ from vh_bench.decoding.attention import (
 from vh_bench.decoding.branch import Branch
 from vh_bench.decoding.method import Method
 from vh_bench.decoding.seeding import SampleSeeds
+from vh_bench.models.cache_kwarg import cache_kwargs
 from vh_bench.models.llava import LlavaAdapter
 from vh_bench.records import GenConfig
 
@@ -92,9 +93,9 @@ def _chunk_vs_steps(adapter, inputs) -> tuple[torch.Tensor, torch.Tensor]:
         c1, c2 = adapter.new_cache(), adapter.new_cache()
         for c in (c1, c2):
             adapter.forward(cache=c, input_ids=inputs.input_ids, pixel_values=inputs.pixel_values)
-        chunk = adapter.model(input_ids=torch.tensor([toks]), past_key_values=c1, use_cache=True).logits[0]
+        chunk = adapter.model(input_ids=torch.tensor([toks]), **cache_kwargs(adapter.model, c1), use_cache=True).logits[0]
         steps = torch.cat(
-            [adapter.model(input_ids=torch.tensor([[t]]), past_key_values=c2, use_cache=True).logits[0] for t in toks]
+            [adapter.model(input_ids=torch.tensor([[t]]), **cache_kwargs(adapter.model, c2), use_cache=True).logits[0] for t in toks]
         )
     return chunk, steps
 

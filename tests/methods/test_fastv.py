@@ -15,6 +15,7 @@ from vh_bench.decoding.attention import AttentionController
 from vh_bench.decoding.pruning import DroppedKeyMask, rank_image_tokens, round_half_up
 from vh_bench.decoding.seeding import SampleSeeds
 from vh_bench.errors import ConfigError
+from vh_bench.models.cache_kwarg import cache_kwargs
 from vh_bench.models.llava import LlavaAdapter
 from vh_bench.records import GenConfig
 from vh_bench.runner import build_method
@@ -241,7 +242,7 @@ def test_chunk_after_pruned_prefill(tiny_adapter, tiny_adapter_explicit, inputs,
             stepper.prefill()
             cache = stepper.inner.cache
             if chunked:
-                out = adapter.model(input_ids=torch.tensor([toks]), past_key_values=cache, use_cache=True)
+                out = adapter.model(input_ids=torch.tensor([toks]), **cache_kwargs(adapter.model, cache), use_cache=True)
                 outs.append(out.logits[0])
             else:
                 outs.append(torch.cat([stepper.step(torch.tensor([t])) for t in toks]))

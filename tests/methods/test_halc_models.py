@@ -75,7 +75,11 @@ def test_blip_scores_equal_the_retrieval_models_forward(test_image: Image.Image)
     model, proc = _load("blip")
     texts = ["a dog on a table", "a cat", "two people riding bikes next to a red car", ""]
     with torch.inference_mode():
-        itm = BlipScorer(model, proc, mode="blip_itm").session(test_image).score(texts)
+        session = BlipScorer(model, proc, mode="blip_itm").session(test_image)
+        itm = session.score(texts)
+        # The image's cross-attention K/V really sit in the reused cache (a swallowed cache keyword
+        # would leave it empty and every call would recompute them): one entry per image embedding.
+        assert session._cross.get_seq_length() == session._embeds.shape[1] > 0
         itc = BlipScorer(model, proc, mode="blip_itc").session(test_image).score(texts)
         pv = proc(images=test_image, return_tensors="pt")["pixel_values"]
         for i, text in enumerate(texts):

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import methods.vasparse as vasparse_module
 from methods.vanilla import Vanilla
 from methods.vasparse import VASparse
 from methods.vasparse_attention import Layout, VASparseLayer, VASparseState, VATSParams
@@ -249,8 +250,12 @@ def eager_attentions(adapter, inputs, tokens):
     return out.attentions
 
 
-def test_saliency_history_and_sap_accumulators_match_eager_attentions(tiny_adapter, tiny_adapter_eager, inputs):
-    # Identity everywhere but λ > 0 (so r is recorded) and β = 0 (so c is accumulated).
+def test_saliency_history_and_sap_accumulators_match_eager_attentions(tiny_adapter, tiny_adapter_eager, inputs, monkeypatch):
+    # Identity everywhere, with the saliency recording and the SAP accumulators forced on (zeroed
+    # knobs switch them off, `active_roles`): β = 0 accumulates c without changing any score.
+    n = tiny_adapter.n_layers
+    forced = vasparse_module.Roles(frozenset(), frozenset(range(n)), n - 1, False)
+    monkeypatch.setattr(vasparse_module, "active_roles", lambda method, n_layers: forced)
     method = VASparse(sparsity=1.0, lam=0.1, alpha=0.0, beta=0.0)
     seen = []
     run = run_method(method, tiny_adapter, inputs, gen_config(n=6), after=lambda st: seen.append(st.state.r.clone()))

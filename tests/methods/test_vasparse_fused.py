@@ -226,3 +226,29 @@ def test_ninja_from_the_venv_is_found_without_activation(monkeypatch):
     monkeypatch.setenv("PATH", "/nowhere")
     vasparse_fused._ninja_on_path()
     assert os.environ["PATH"].split(os.pathsep)[0] == ninja.BIN_DIR
+
+
+# ---- the build message (issue 16): "building" only when a compile follows ---------------------------
+@pytest.fixture
+def fresh_load():
+    vasparse_fused.load.cache_clear()
+    yield vasparse_fused.load
+    vasparse_fused.load.cache_clear()  # never leave a fake module cached for later tests
+
+
+def test_a_cached_kernel_loads_without_a_building_message(kernel, fresh_load, caplog):
+    with caplog.at_level(logging.DEBUG, logger=vasparse_fused.__name__):
+        fresh_load()  # built by the `kernel` fixture already: a cache hit
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if "building" in m], messages
+    assert [m for m in messages if "cached" in m]
+
+
+def test_an_uncached_kernel_says_building(tmp_path, monkeypatch, fresh_load, caplog):
+    import torch.utils.cpp_extension as cpp
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # an empty cache
+    monkeypatch.setattr(cpp, "load", lambda **kw: SimpleNamespace(name=kw["name"]))  # no real compile
+    with caplog.at_level(logging.INFO, logger=vasparse_fused.__name__):
+        fresh_load()
+    assert [r for r in caplog.records if "building the VASparse CPU kernel" in r.getMessage()]

@@ -24,7 +24,8 @@ from typing import Any
 from unittest import mock
 
 from vh_bench.bench.speed import with_defaults
-from vh_bench.config import compose, override_key, record_overrides, results_dir
+from vh_bench import devices
+from vh_bench.config import compose, override_key, record_overrides, resolve_device, results_dir
 from vh_bench.report.layout import simple_markdown
 from vh_bench.store import atomic_write_text
 
@@ -59,7 +60,11 @@ HARNESS = ("per-sample", "per-run")
 class Stages:
     """Exclusive wall time per stage, from wrappers that nest."""
 
-    def __init__(self) -> None:
+    def __init__(self, sync: Callable[[], None] | None = None) -> None:
+        # On CUDA, `sync` (torch.cuda.synchronize of the run's device) runs before each clock read:
+        # kernels are asynchronous, and unsynchronised clocks would charge a stage's GPU work to
+        # whichever later stage first waits for it.
+        self.sync = sync
         self.seconds: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
         # Work on other threads (the runner's scoring warm-up) overlaps the main thread's wall time:
@@ -77,11 +82,16 @@ class Stages:
         def timed(*args: Any, **kwargs: Any) -> Any:
             name = stage(*args, **kwargs) if callable(stage) else stage
             stack = self._stack()
+            sync = self.sync if threading.current_thread() is threading.main_thread() else None
+            if sync is not None:
+                sync()
             start = time.perf_counter()
             stack.append([name, 0.0])
             try:
                 return fn(*args, **kwargs)
             finally:
+                if sync is not None:
+                    sync()
                 elapsed = time.perf_counter() - start
                 _, nested = stack.pop()
                 if threading.current_thread() is threading.main_thread():
@@ -272,7 +282,8 @@ def run_profile(
         tmp = Path(tempfile.mkdtemp(prefix="profile-run-", dir=out))
         ovs = [*ovs, f"paths.results_dir={tmp}"]
     cfg = record_overrides(compose(ovs), ovs)  # generation.* given here beat a dataset's default
-    stages = Stages()
+    device = resolve_device(cfg.runtime)[0]
+    stages = Stages(sync=functools.partial(devices.synchronize, device) if devices.is_cuda(device) else None)
     prof = cProfile.Profile() if cprofile else None
     startup = time.perf_counter() - started if started is not None else 0.0
     try:

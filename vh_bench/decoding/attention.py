@@ -431,7 +431,7 @@ class ControlledStepper:
 
 def _prune_hook(controller: AttentionController, spec: SequencePrune, layer_idx: int) -> Callable:
     # Decoder-layer call in transformers 5: layer(hidden_states, attention_mask=..., position_ids=...,
-    # past_key_values=..., use_cache=..., position_embeddings=(cos, sin), **kwargs).
+    # cache=... (past_key_values=... before 5.24), use_cache=..., position_embeddings=(cos, sin), **kwargs).
     def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         keep = spec.keep
         if keep is None or controller.mode not in spec.modes:

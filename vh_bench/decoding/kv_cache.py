@@ -28,10 +28,53 @@ mappings: only caches built by `GrowingDynamicCache` use `GrowingLayer`.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
+
+
+@dataclass(frozen=True)
+class KVBytes:
+    """K/V memory of the caches of one generation (issue 19: the spare capacity is not working memory)."""
+
+    used_bytes: int  # the rows attention reads: keys + values up to each layer's length
+    reserved_bytes: int  # what the buffers hold allocated: used + spare capacity
+
+    @property
+    def slack_bytes(self) -> int:
+        return self.reserved_bytes - self.used_bytes
+
+
+class KVTracker:
+    """The `GrowingLayer`s created while it is active (`track()`), measured on demand."""
+
+    def __init__(self) -> None:
+        self.layers: list[GrowingLayer] = []
+
+    def measure(self) -> KVBytes:
+        used = reserved = 0
+        for layer in self.layers:
+            u, r = layer.nbytes()
+            used, reserved = used + u, reserved + r
+        return KVBytes(used, reserved)
+
+
+_tracker: KVTracker | None = None
+
+
+@contextmanager
+def track() -> Iterator[KVTracker]:
+    """Collect the cache layers built inside (one generation: its branches, beams and clones)."""
+    global _tracker
+    outer, _tracker = _tracker, KVTracker()
+    try:
+        yield _tracker
+    finally:
+        _tracker = outer
 
 
 class GrowingLayer(DynamicLayer):
@@ -43,6 +86,18 @@ class GrowingLayer(DynamicLayer):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._drop_buffer()
+        if _tracker is not None:
+            _tracker.layers.append(self)
+
+    def nbytes(self) -> tuple[int, int]:
+        """(used, reserved) bytes of this layer's keys and values."""
+        keys, values = getattr(self, "keys", None), getattr(self, "values", None)
+        if not self.is_initialized or keys is None or values is None:
+            return 0, 0
+        used = keys.nbytes + values.nbytes
+        if self._kbuf is None or keys is not self._kview:  # compact tensors: nothing spare
+            return used, used
+        return used, self._kbuf.nbytes + self._vbuf.nbytes
 
     def _drop_buffer(self) -> None:
         self._kbuf: torch.Tensor | None = None
@@ -127,6 +182,8 @@ class GrowingLayer(DynamicLayer):
                 value = copy.deepcopy(value, memo)
             new.__dict__[name] = value
         new._drop_buffer()
+        if _tracker is not None:
+            _tracker.layers.append(new)
         return new
 
 

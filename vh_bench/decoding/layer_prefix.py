@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from transformers.masking_utils import create_causal_mask
 
+from vh_bench.models.cache_kwarg import cache_keyword, cache_kwargs
 from vh_bench.models.llava import LlavaAdapter
 
 
@@ -43,8 +44,8 @@ def forward_layers(
             config=lm.config,
             inputs_embeds=inputs_embeds,
             attention_mask=None,
-            past_key_values=cache,
             position_ids=position_ids,
+            **{cache_keyword(create_causal_mask): cache},
         )
     position_embeddings = lm.rotary_emb(inputs_embeds, position_ids=position_ids)
     hidden = inputs_embeds
@@ -54,7 +55,7 @@ def forward_layers(
             attention_mask=attention_mask,
             position_embeddings=position_embeddings,
             position_ids=position_ids,
-            past_key_values=cache,
             use_cache=True,
+            **cache_kwargs(layer, cache),
         )
     return hidden

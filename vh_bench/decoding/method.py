@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from vh_bench.decoding import attention
+from vh_bench.decoding import attention, kv_cache
 from vh_bench.decoding.loop import DecodeResult, Stepper, decode
 from vh_bench.decoding.seeding import SampleSeeds
 from vh_bench.decoding.timing import SampleTimer
@@ -54,7 +54,7 @@ class Method:
     def generate(
         self, adapter: LlavaAdapter, inputs: ModelInputs, gen: GenConfig, seeds: SampleSeeds
     ) -> Generation:
-        with torch.inference_mode():
+        with torch.inference_mode(), kv_cache.track() as kv:
             stepper = self.stepper(adapter, inputs, seeds)
             generator = seeds.torch_generator("sample") if gen.strategy == "sample" else None
             # A stepper with a `controller` gets it installed for this generation only; without one
@@ -63,6 +63,8 @@ class Method:
                 res: DecodeResult = decode(
                     stepper, gen, adapter.eos_token_id, generator=generator, timer=SampleTimer(adapter.device)
                 )
+            # At the end the caches are at their longest (they only grow; HALC's rollbacks aside).
+            kv_bytes = kv.measure()
         return Generation(
             token_ids=res.token_ids,
             text=adapter.decode_text(res.token_ids),
@@ -70,6 +72,7 @@ class Method:
             t_prefill_s=res.t_prefill_s,
             t_decode_s=res.t_decode_s,
             extras=self.extras(stepper),
+            kv_cache=kv_bytes,
         )
 
     def extras(self, stepper: Stepper) -> dict[str, Any]:

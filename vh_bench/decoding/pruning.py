@@ -98,6 +98,11 @@ class ImageTokenPruning:
         self.dropped: torch.Tensor | None = None
         self._prune: SequencePrune | None = None
         self._mask: DroppedKeyMask | None = None
+        if n_keep >= self.n_image:
+            # Nothing to drop (FastV ratio 0, Top-K keep_ratio 1): no ranking on the explicit path and
+            # no pruning, so every layer takes the plain path and the run is vanilla bit for bit.
+            self.set_kept_image(torch.arange(self.image_start, self.image_start + self.n_image))
+            return
         controller.add_handler(self.rank_layer, LastRowRanker(self))
         first_pruned = self.first_pruned_layer
         if first_pruned < controller.n_layers:

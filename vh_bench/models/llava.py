@@ -16,9 +16,11 @@ import torch
 from PIL import Image
 from safetensors import SafetensorError
 
+from vh_bench import devices
 from vh_bench.decoding import attention
 from vh_bench.errors import ConfigError
 from vh_bench.models import templates
+from vh_bench.models.cache_kwarg import cache_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,36 @@ def check_checkpoint(path_or_id: str) -> None:
                 f"{p} is missing {len(missing)} of {len(shards)} weight shards (e.g. {missing[0]})",
                 "the download is incomplete",
             )
+
+
+def check_processor(processor: Any, config: Any, path: str) -> None:
+    """Fail before the weights load when the processor would miscount the image tokens.
+
+    Older llava-hf snapshots have no `processor_config.json`: the processor then has no
+    `patch_size` and crashes at the first sample (`int // NoneType`), or counts 575 image tokens
+    instead of 576 without `num_additional_image_tokens`. One line, with the file to add.
+    """
+    vcfg = config.vision_config
+    strategy = config.vision_feature_select_strategy
+    # CLIP's tower emits one CLS embedding besides its patches; "default" drops it again.
+    wanted = {"patch_size": int(vcfg.patch_size), "vision_feature_select_strategy": strategy,
+              "num_additional_image_tokens": 1}  # fmt: skip
+    got = {k: getattr(processor, k, None) for k in wanted}
+    wrong = [k for k in wanted if got[k] != wanted[k]]
+    if not wrong:
+        return
+    if got["patch_size"] is None:
+        problem = f"{path} has no processor config with patch_size (an older llava-hf snapshot?)"
+    else:
+        problem = f"{path}'s processor config sets {', '.join(f'{k}={got[k]!r}' for k in wrong)}"
+    fix = json.dumps({**wanted, "image_token": "<image>", "processor_class": "LlavaProcessor"})
+    raise ConfigError("model.path", problem, f"add processor_config.json holding {fix}, or use a current snapshot")
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
 
 
 class LlavaAdapter:
@@ -143,7 +175,7 @@ class LlavaAdapter:
         come from the methods, not kernels); `stock_attention=True` instead gives transformers' own
         `attn_implementation` with no attention control, for reference runs in tests only.
         """
-        from transformers import AutoProcessor, LlavaForConditionalGeneration
+        from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration
 
         if dtype not in DTYPES:
             raise ConfigError("runtime.dtype", f"{dtype!r} is not one of {sorted(DTYPES)}")
@@ -154,6 +186,7 @@ class LlavaAdapter:
         check_checkpoint(path)
         templates.resolve_template(prompt_template)
         processor = AutoProcessor.from_pretrained(path, trust_remote_code=False)
+        check_processor(processor, AutoConfig.from_pretrained(path, trust_remote_code=False), path)
         # Dict form: only the language model gets the harness's attention; the vision tower keeps
         # sdpa (its attention modules have no layer_idx). methods.md §1.6.
         text_attn = attn_implementation if stock_attention else attention.ATTN_NAME
@@ -164,12 +197,15 @@ class LlavaAdapter:
                 attn_implementation={"text_config": text_attn, "vision_config": "sdpa"},
                 trust_remote_code=False,
                 tp_plan=None,  # torchrun shards data, never the model
+                **devices.load_kwargs(device),  # CUDA: straight onto the GPU, no full copy in host RAM
             )
         except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
             # Truncated or corrupt weight files surface here as library errors; say which key.
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ConfigError("model.path", f"cannot load weights from {path}: {first}") from exc
-        model.to(device).eval()
+        if not devices.is_cuda(device):  # on CUDA the device_map has placed every weight already
+            model.to(device)
+        model.eval()
         model.requires_grad_(False)
         return cls(model, processor, prompt_template=prompt_template, name=name, attn_backend=attn_implementation)
 
@@ -254,18 +290,29 @@ class LlavaAdapter:
         inputs_embeds: torch.Tensor | None = None,
         output_hidden_states: bool = False,
     ) -> Any:
-        """One batch-1 (rows = beams/branches) forward with the rules of methods.md §1.1."""
-        return self.model(
+        """One batch-1 (rows = beams/branches) forward with the rules of methods.md §1.1.
+
+        Raises if the model did not write into `cache`: a forward that ignored it (an unknown cache
+        keyword is swallowed by `**kwargs`) would decode every later step without its context.
+        """
+        before = cache.get_seq_length()
+        out = self.model(
             input_ids=input_ids if inputs_embeds is None else None,
             pixel_values=pixel_values,
             inputs_embeds=inputs_embeds,
             attention_mask=None,
-            past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            **cache_kwargs(self.model, cache),  # the installed version's name for it (cache_kwarg.py)
         )
+        if cache.get_seq_length() <= before:
+            raise RuntimeError(
+                f"transformers {_transformers_version()} ignored the harness's KV cache; "
+                "use a version in pyproject.toml's tested range"
+            )
+        return out
 
     @staticmethod
     def last_logits(out: Any) -> torch.Tensor:

@@ -45,10 +45,19 @@ class TinySpec:
     text_intermediate: int = 256
     pad_vocab_to: int = 0  # 0: vocabulary size of the word list; else a larger, realistic lm_head
     initializer_range: float = 0.3  # methods.md §1.9: wide margins so greedy outputs vary
+    rms_norm_eps: float = 1e-6  # LlamaConfig's default; LLaVA-1.5 uses 1e-5
+    weights_dtype: str = "float32"  # dtype of the saved weights (llava-hf ships float16)
 
     def digest(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        # Fields added after the first builds are left out at their defaults, so that the
+        # checkpoints already built keep their directory names.
+        spec = {k: v for k, v in asdict(self).items() if k not in _LATER_FIELDS or v != _LATER_FIELDS[k]}
+        blob = json.dumps(spec, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
+
+
+_LATER_FIELDS = {"rms_norm_eps": 1e-6, "weights_dtype": "float32"}
+WEIGHTS_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def build_tokenizer_object(words: list[str] | None = None) -> Tokenizer:
@@ -117,6 +126,7 @@ def make_model(spec: TinySpec, vocab_size: int, image_token_id: int):
         num_attention_heads=spec.text_heads,
         num_key_value_heads=spec.text_kv_heads,
         max_position_embeddings=4096,
+        rms_norm_eps=spec.rms_norm_eps,
         initializer_range=spec.initializer_range,
         bos_token_id=1,
         eos_token_id=2,
@@ -145,11 +155,15 @@ def build_tiny_llava(spec: TinySpec, cache_dir: str | os.PathLike) -> Path:
     target = Path(cache_dir) / f"tiny-llava-{spec.digest()}"
     if (target / "config.json").is_file():
         return target
+    if spec.weights_dtype not in WEIGHTS_DTYPES:
+        raise ValueError(f"weights_dtype {spec.weights_dtype!r} is not one of {sorted(WEIGHTS_DTYPES)}")
     target.parent.mkdir(parents=True, exist_ok=True)
     log.info("building random-weight LLaVA %s in %s", spec, target)
     processor = make_processor(spec)
     tok = processor.tokenizer
     model = make_model(spec, vocab_size=len(tok), image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN))
+    if spec.weights_dtype != "float32":  # drawn in float32 (same values as a float32 build), then cast
+        model = model.to(WEIGHTS_DTYPES[spec.weights_dtype])
     save_checkpoint(target, model, processor, asdict(spec))
     return target
 
