@@ -96,7 +96,10 @@ class HALC(Method):
         elif self.detector == "none":  # halc-lite: no detector, so its keys cannot split fingerprints
             self.detector_checkpoint = None
             self.box_threshold = None
-        self.default_box = [float(v) for v in self.default_box]
+        try:
+            self.default_box = [float(v) for v in self.default_box]
+        except (TypeError, ValueError):
+            pass  # left as given: `check` refuses it as one line naming method.default_box
         self.exempt_words = list(self.exempt_words)
         self.add_words = list(self.add_words)
         self._tagger_obj: Any = None

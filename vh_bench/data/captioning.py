@@ -194,9 +194,18 @@ class CaptionDataset:
         except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
             raise ConfigError("dataset.chair.synonyms", _one_line(exc)) from None
         try:
-            self.ground_truth()
+            gt = self.ground_truth()
         except (OSError, ValueError, KeyError) as exc:
             raise ConfigError(gt_key, _one_line(exc)) from None
+        ids = self.gt_image_ids()
+        uncovered = [i for i in ids or () if i not in gt.objects]
+        if uncovered and missing == "error":
+            raise ConfigError(
+                gt_key,
+                f"{self.gt_source()}: {len(uncovered)} of the {len(ids)} images have no ground-truth objects "
+                f"(e.g. {uncovered[0]})",
+                "use a ground truth that covers the id list, or dataset.chair.missing_gt=reference or skip",
+            )
 
     def warm_up(self) -> None:
         """Load what scoring needs (NLTK tagger and WordNet, synonyms, ground truth) so it can run
