@@ -81,7 +81,7 @@ class BadLine:
 
     path: Path
     lineno: int
-    text: str
+    raw: bytes
     problem: str
 
 
@@ -116,25 +116,27 @@ def read_sample_file(path: Path, accept: Accept | None = None) -> tuple[list[dic
         if i == len(lines) - 1:  # after the last newline: a torn write
             log.warning("%s: dropping the torn last line (no newline; it is generated again)", path)
             continue
-        text = raw.decode("utf-8", errors="replace")
         try:
-            row = json.loads(text)
+            row = json.loads(raw)
         except json.JSONDecodeError as exc:
-            bad.append(BadLine(path, i + 1, text, f"not JSON ({exc.msg})"))
+            bad.append(BadLine(path, i + 1, raw, f"not JSON ({exc.msg})"))
+            continue
+        except UnicodeDecodeError:
+            bad.append(BadLine(path, i + 1, raw, "not UTF-8"))
             continue
         problem = line_problem(row) or (accept(row) if accept is not None else None)
         if problem:
-            bad.append(BadLine(path, i + 1, text, problem))
+            bad.append(BadLine(path, i + 1, raw, problem))
         else:
             rows.append(row)
     return rows, bad
 
 
-_WARNED: set[tuple[str, int, str]] = set()
+_WARNED: set[tuple[str, int, bytes]] = set()
 
 
 def _warn_bad(line: BadLine, action: str) -> None:
-    key = (str(line.path), line.lineno, line.text)
+    key = (str(line.path), line.lineno, line.raw)
     if key not in _WARNED:  # rows are read more than once per run: one warning per line
         _WARNED.add(key)
         log.warning("%s:%d: not a sample line (%s); %s", line.path, line.lineno, line.problem, action)
@@ -255,8 +257,8 @@ class RunStore:
             data = path.read_bytes()
             if not bad:
                 return
-            with aside.open("a", encoding="utf-8") as fh:
-                fh.writelines(line.text + "\n" for line in bad)
+            with aside.open("ab") as fh:
+                fh.writelines(line.raw + b"\n" for line in bad)
                 fh.flush()
                 os.fsync(fh.fileno())
             drop = {line.lineno for line in bad}
