@@ -14,6 +14,7 @@ import shutil
 import struct
 import tempfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -61,7 +62,10 @@ def _row(lines: list[bytes], i: int) -> dict:
     return json.loads(lines[i])
 
 
-def _edit(i: int, change) -> callable:
+Edit = Callable[[list[bytes]], list[bytes]]
+
+
+def _edit(i: int, change: Callable[[dict], object]) -> Edit:
     def apply(lines: list[bytes]) -> list[bytes]:
         row = _row(lines, i)
         change(row)
@@ -70,11 +74,11 @@ def _edit(i: int, change) -> callable:
     return apply
 
 
-def _replace(i: int, text: bytes):
+def _replace(i: int, text: bytes) -> Edit:
     return lambda lines: lines[:i] + [text] + lines[i + 1 :]
 
 
-def _insert(i: int, text: bytes):
+def _insert(i: int, text: bytes) -> Edit:
     return lambda lines: lines[:i] + [text] + lines[i:]
 
 
