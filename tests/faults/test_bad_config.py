@@ -117,7 +117,7 @@ DEMO = [
     (["dataset.chair.dialect=bogus"], "dataset.chair.dialect", "'bogus' is not one of opera, original"),
     (["dataset.chair.missing_gt=bogus"], "dataset.chair.missing_gt", "'bogus' is not one of error, reference, skip"),
     (["dataset.chair.synonyms=/nonexistent/synonyms.txt"], "dataset.chair.synonyms", "CHAIR synonyms file not found"),
-    (["dataset.opope=abc"], "dataset.opope", "must be true or false, got 'abc'"),
+    (["dataset.opope=abc"], "dataset.opope", "must be true, false or a mapping, got 'abc'"),
 ]
 
 CASES = GENERATION + RUNTIME + NAMES + METHODS + DEMO
