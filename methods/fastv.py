@@ -8,7 +8,7 @@ from typing import Any
 from vh_bench.decoding.method import Method
 from vh_bench.decoding.pruning import MODES, PruningStepper, image_pruning_stepper, round_half_up
 from vh_bench.decoding.seeding import SampleSeeds
-from vh_bench.errors import ConfigError, is_int
+from vh_bench.errors import ConfigError, is_int, is_number
 from vh_bench.models.llava import LlavaAdapter, ModelInputs
 from vh_bench.records import GenConfig
 
@@ -31,7 +31,7 @@ class FastV(Method):
         super().check(gen)
         if not is_int(self.k) or self.k < 1:
             raise ConfigError("method.k", f"must be an integer >= 1, got {self.k!r}", "FastV ranks at layer k-1")
-        if not isinstance(self.ratio, (int, float)) or not 0.0 <= float(self.ratio) < 1.0:
+        if not is_number(self.ratio) or not 0.0 <= float(self.ratio) < 1.0:
             raise ConfigError(
                 "method.ratio", f"must be in [0, 1), got {self.ratio!r}", "the fraction of image tokens dropped"
             )

@@ -38,7 +38,7 @@ from vh_bench.decoding import attention, kv_cache
 from vh_bench.decoding.method import Method
 from vh_bench.decoding.seeding import SampleSeeds
 from vh_bench.decoding.timing import SampleTimer
-from vh_bench.errors import ConfigError
+from vh_bench.errors import ConfigError, is_int, is_number
 from vh_bench.models.auxiliary import check_aux_checkpoint, load_aux
 from vh_bench.models.llava import LlavaAdapter, ModelInputs
 from vh_bench.records import GenConfig, Generation
@@ -96,7 +96,10 @@ class HALC(Method):
         elif self.detector == "none":  # halc-lite: no detector, so its keys cannot split fingerprints
             self.detector_checkpoint = None
             self.box_threshold = None
-        self.default_box = [float(v) for v in self.default_box]
+        try:
+            self.default_box = [float(v) for v in self.default_box]
+        except (TypeError, ValueError):
+            pass  # left as given: `check` refuses it as one line naming method.default_box
         self.exempt_words = list(self.exempt_words)
         self.add_words = list(self.add_words)
         self._tagger_obj: Any = None
@@ -155,22 +158,28 @@ class HALC(Method):
         need(self.scorer in SCORERS, "scorer", f"{self.scorer!r} is not one of {', '.join(SCORERS)}")
         need(self.divergence in DIVERGENCES, "divergence", f"{self.divergence!r} is not halc or jsd")
         need(self.tagger in TAGGERS, "tagger", f"{self.tagger!r} is not nltk or spacy")
-        need(int(self.beam_size) >= 1, "beam_size", f"must be >= 1, got {self.beam_size}")
-        need(int(self.num_fov) >= 2, "num_fov", f"must be >= 2 (views are contrasted in pairs), got {self.num_fov}")
+        # Types before ranges: `abc` or `2.5` must be one line naming the key, not a TypeError.
+        need(is_int(self.beam_size) and self.beam_size >= 1, "beam_size", f"must be an integer >= 1, got {self.beam_size!r}")
+        need(is_int(self.num_fov) and self.num_fov >= 2, "num_fov",
+             f"must be an integer >= 2 (views are contrasted in pairs), got {self.num_fov!r}")
         n_pairs = math.comb(int(self.num_fov), 2)
-        need(1 <= int(self.num_pairs) <= n_pairs, "num_pairs", f"must be in [1, {n_pairs}], got {self.num_pairs}")
-        need(float(self.expand_ratio) > 0, "expand_ratio", f"must be > 0, got {self.expand_ratio}")
-        need(0.0 <= float(self.skip_rate) <= 1.0, "skip_rate", f"must be in [0, 1], got {self.skip_rate}")
-        need(float(self.contrast_weight) >= 0, "contrast_weight", f"must be >= 0, got {self.contrast_weight}")
+        need(is_int(self.num_pairs) and 1 <= self.num_pairs <= n_pairs, "num_pairs",
+             f"must be an integer in [1, {n_pairs}], got {self.num_pairs!r}")
+        need(is_number(self.expand_ratio) and self.expand_ratio > 0, "expand_ratio", f"must be > 0, got {self.expand_ratio!r}")
+        need(is_number(self.skip_rate) and 0.0 <= self.skip_rate <= 1.0, "skip_rate", f"must be in [0, 1], got {self.skip_rate!r}")
+        need(is_number(self.contrast_weight) and self.contrast_weight >= 0, "contrast_weight",
+             f"must be >= 0, got {self.contrast_weight!r}")
         if self.box_threshold is not None:
-            need(0.0 <= float(self.box_threshold) <= 1.0, "box_threshold", f"must be in [0, 1], got {self.box_threshold}")
-        need(0.0 <= float(self.text_threshold) <= 1.0, "text_threshold", f"must be in [0, 1], got {self.text_threshold}")
-        need(int(self.max_boxes) >= 0, "max_boxes", f"must be >= 0, got {self.max_boxes}")
-        need(int(self.view_cache_size) >= 0, "view_cache_size", f"must be >= 0, got {self.view_cache_size}")
-        need(int(self.min_committed_before_delete) >= 0, "min_committed_before_delete", "must be >= 0")
+            need(is_number(self.box_threshold) and 0.0 <= self.box_threshold <= 1.0, "box_threshold",
+                 f"must be in [0, 1], got {self.box_threshold!r}")
+        need(is_number(self.text_threshold) and 0.0 <= self.text_threshold <= 1.0, "text_threshold",
+             f"must be in [0, 1], got {self.text_threshold!r}")
+        for key in ("max_boxes", "view_cache_size", "min_committed_before_delete"):
+            need(is_int(getattr(self, key)) and getattr(self, key) >= 0, key, f"must be an integer >= 0, got {getattr(self, key)!r}")
         b = self.default_box
         need(
-            len(b) == 4 and 0 <= b[0] < b[2] <= 1 and 0 <= b[1] < b[3] <= 1,
+            isinstance(b, (list, tuple)) and len(b) == 4 and all(is_number(x) for x in b)
+            and 0 <= b[0] < b[2] <= 1 and 0 <= b[1] < b[3] <= 1,
             "default_box",
             f"{b} is not [x0, y0, x1, y1] with 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1",
         )

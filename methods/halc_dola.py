@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from vh_bench.decoding.contrast import plausibility_cutoff
-from vh_bench.errors import ConfigError
+from vh_bench.errors import ConfigError, is_number
 
 
 AFTER_REPLACE = ("reselect", "reuse")
@@ -40,8 +40,8 @@ class DolaConfig:
             raise ConfigError("method.dola.premature_layers", f"{pl!r} must be 'even' or a non-empty list of ints")
         if self.after_replace not in AFTER_REPLACE:
             raise ConfigError("method.dola.after_replace", f"{self.after_replace!r} is not one of {', '.join(AFTER_REPLACE)}")
-        if not 0.0 <= float(self.relative_top) <= 1.0:
-            raise ConfigError("method.dola.relative_top", f"must be in [0, 1] (0 disables), got {self.relative_top}")
+        if not is_number(self.relative_top) or not 0.0 <= self.relative_top <= 1.0:
+            raise ConfigError("method.dola.relative_top", f"must be in [0, 1] (0 disables), got {self.relative_top!r}")
 
 
 def premature_indices(spec: str | Sequence[int], n_layers: int) -> list[int]:

@@ -203,18 +203,24 @@ def test_partial_or_truncated_weights_give_one_line_errors(tmp_path: Path) -> No
         llava.LlavaAdapter.load(str(truncated))
 
 
-def test_malformed_annotation_file_names_the_line_and_keeps_the_samples(tmp_path: Path) -> None:
-    from vh_bench.errors import ScoringError
-
+def test_malformed_annotation_file_names_the_line_before_generation_and_keeps_the_samples(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg = _cfg(tmp_path, "runtime.limit=2", f"paths.demo_dir={tmp_path}/demo")
+    first = run(cfg)
+    run_dir = Path(first["run_dir"])
     ann = plan(cfg).dataset.data_dir / "annotations" / "captions_demo.json"
     text = ann.read_text()
     assert '"annotations": [' in text
     ann.write_text(text.replace('"annotations": [', '"annotations": [\n,', 1))
-    with pytest.raises(ScoringError, match=r"captions_demo.json.*line 2 column 1.*sample lines .* are kept"):
-        run(cfg)
-    run_dir = plan(cfg).run_dir
-    assert len((run_dir / "samples.jsonl").read_text().splitlines()) == 2
+    # The scoring inputs are read before any model is loaded: one line naming the file and line.
+    loads = []
+    monkeypatch.setattr(llava.LlavaAdapter, "load", classmethod(lambda *a, **k: loads.append(1)))
+    with pytest.raises(ConfigError, match=r"config `paths.demo_dir`: .*captions_demo.json: not valid JSON.*line 2 column 1"):
+        run(_cfg(tmp_path, "runtime.limit=3", f"paths.demo_dir={tmp_path}/demo"))
+    assert loads == []
+    assert len((run_dir / "samples.jsonl").read_text().splitlines()) == 2  # nothing lost
+    monkeypatch.undo()
     ann.write_text(text)  # fixed: the same command only rescores
     res = run(cfg)
     assert res["run"]["n_generated_now"] == 0 and res["metrics"]["chair"]["n_captions"] == 2

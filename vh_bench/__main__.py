@@ -10,7 +10,7 @@ import hydra
 from omegaconf import DictConfig
 
 import vh_bench.config  # noqa: F401 - importing it registers ${vh_root:}, which Hydra resolves
-from vh_bench.errors import ConfigError, ScoringError
+from vh_bench.errors import ConfigError, RunError, ScoringError
 from vh_bench.paths import config_dir
 
 log = logging.getLogger("vh_bench")
@@ -25,7 +25,7 @@ def main(cfg: DictConfig) -> float | None:
 
     try:
         results = run(cfg)
-    except (ConfigError, ScoringError) as exc:
+    except (ConfigError, RunError, ScoringError) as exc:
         # One line for people; no traceback for a bad value or a bad input file.
         print(f"vh_bench: error: {exc}", file=sys.stderr)
         sys.exit(2)

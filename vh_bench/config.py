@@ -9,7 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from vh_bench.errors import ConfigError
+from vh_bench.errors import ConfigError, is_int, is_number
 from vh_bench.paths import PACKAGE_DIR, config_dir, project_root
 from vh_bench.records import GenConfig
 
@@ -89,7 +89,20 @@ def _cli_overridden_keys(cfg: DictConfig) -> set[str]:
     return keys
 
 
+def _check_gen_types(gen: GenConfig) -> None:
+    # Types first: `2.5` tokens or `abc` would otherwise pass a range check or fail as a TypeError.
+    for key in ("max_new_tokens", "num_beams", "top_k"):
+        if not is_int(getattr(gen, key)):
+            raise ConfigError(f"generation.{key}", f"must be an integer, got {getattr(gen, key)!r}")
+    for key in ("temperature", "top_p", "length_penalty"):
+        if not is_number(getattr(gen, key)):
+            raise ConfigError(f"generation.{key}", f"must be a finite number, got {getattr(gen, key)!r}")
+    if not isinstance(gen.early_stopping, bool):
+        raise ConfigError("generation.early_stopping", f"must be true or false, got {gen.early_stopping!r}")
+
+
 def check_gen(gen: GenConfig) -> None:
+    _check_gen_types(gen)
     if gen.strategy not in ("greedy", "beam", "sample"):
         raise ConfigError("generation.strategy", f"{gen.strategy!r} is not greedy, beam or sample")
     if gen.max_new_tokens < 1:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 
 class ConfigError(ValueError):
     """A config value is missing, malformed or out of range. The message names the key."""
@@ -19,6 +21,11 @@ def is_int(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+def is_number(x: object) -> bool:
+    """A finite int or float that is not a bool (`abc`, `nan` and `inf` are not hyperparameters)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
 class SampleError(RuntimeError):
     """A single sample could not be processed (bad image, non-finite logits, ...).
 
@@ -28,3 +35,8 @@ class SampleError(RuntimeError):
 class ScoringError(RuntimeError):
     """Scoring failed (e.g. a malformed ground-truth file). The sample lines are kept: fix the input
     and re-run the same command, which only re-scores."""
+
+
+class RunError(RuntimeError):
+    """The run cannot go on for a reason outside the config (another process holds the run, the
+    disk is full). One line; the sample lines written so far are kept and the same command resumes."""

@@ -8,11 +8,14 @@ same command continues the same directory.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import json
 import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import astuple, dataclass
 from pathlib import Path
@@ -24,13 +27,14 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from vh_bench import devices
+from vh_bench.checks import check_inside, check_path_part, check_runtime
 from vh_bench.config import gen_config, resolve_device, results_dir, to_plain
 from vh_bench.data.base import Dataset
 from vh_bench.data.images import load_rgb
 from vh_bench.decoding.kv_cache import KVBytes
 from vh_bench.decoding.method import Method
 from vh_bench.decoding.seeding import SampleSeeds
-from vh_bench.errors import ConfigError, SampleError, ScoringError
+from vh_bench.errors import ConfigError, RunError, SampleError, ScoringError
 from vh_bench.metrics.speed import speed_from_rows
 from vh_bench.models.llava import DTYPES, LlavaAdapter, ModelInputs, check_checkpoint
 from vh_bench.models.weights import check_weights_sha256
@@ -131,8 +135,12 @@ def load_adapter(cfg: DictConfig, model_path: str, device: str, dtype: str) -> L
 def shard_of(cfg: DictConfig) -> tuple[int, int]:
     """Shard from config, else from torchrun's RANK/WORLD_SIZE, else (0, 1)."""
     sh = cfg.runtime.shard
-    index = sh.index if sh.index is not None else int(os.environ.get("RANK", 0))
-    count = sh.count if sh.count is not None else int(os.environ.get("WORLD_SIZE", 1))
+    try:
+        index = sh.index if sh.index is not None else int(os.environ.get("RANK", 0))
+        count = sh.count if sh.count is not None else int(os.environ.get("WORLD_SIZE", 1))
+    except ValueError:
+        raise ConfigError("runtime.shard", f"RANK={os.environ.get('RANK')!r} / WORLD_SIZE="
+                          f"{os.environ.get('WORLD_SIZE')!r} are not integers", "set runtime.shard.*") from None
     if count < 1 or not 0 <= index < count:
         raise ConfigError("runtime.shard", f"index {index} / count {count} out of range", "0 <= index < count")
     return int(index), int(count)
@@ -146,15 +154,14 @@ def in_shard(sample_id: str, index: int, count: int) -> bool:
 
 def plan(cfg: DictConfig) -> Plan:
     """Validate everything that can be validated without loading a model."""
+    runtime = cfg.runtime
+    check_runtime(runtime)
+    check_path_part("model.name", cfg.model.name)
     method = build_method(cfg)
     dataset = build_dataset(cfg)
+    check_path_part("dataset.name", dataset.name)
     gen = gen_config(cfg, getattr(dataset, "max_new_tokens", None))
     method.check(gen)
-    runtime = cfg.runtime
-    if runtime.limit is not None and int(runtime.limit) < 1:
-        raise ConfigError("runtime.limit", f"must be >= 1 or null, got {runtime.limit}")
-    if int(runtime.warmup_samples) < 0:
-        raise ConfigError("runtime.warmup_samples", "must be >= 0")
     if runtime.attn_backend not in ("sdpa", "eager"):
         raise ConfigError("runtime.attn_backend", f"{runtime.attn_backend!r} is not sdpa or eager")
     if runtime.on_oom not in ("skip", "raise"):
@@ -179,6 +186,7 @@ def plan(cfg: DictConfig) -> Plan:
     }
     fp = fingerprint(identity)
     run_dir = results_dir(cfg) / "runs" / str(cfg.model.name) / dataset.name / method.name / fp[:8]
+    check_inside(run_dir, results_dir(cfg), "paths.results_dir")
     index, count = shard_of(cfg)
     return Plan(cfg, gen, method, dataset, device, dtype, fp, run_dir, index, count)
 
@@ -191,7 +199,25 @@ def select_samples(dataset: Dataset, limit: int | None) -> list[Sample]:
         raise ConfigError("dataset", "sample ids are not unique")
     if limit is not None:
         samples = samples[: int(limit)]
+    if not samples:
+        # An empty id list or question file would otherwise end "complete" with nothing scored.
+        raise ConfigError("dataset", f"{dataset.name} selects no samples", "check its id list or question file")
     return samples
+
+
+def line_check(samples: list[Sample]) -> Callable[[dict[str, Any]], str | None]:
+    """A sample line belongs to its sample only if it carries the sample's own fields (image_id,
+    question_id, label): anything else is a corrupt or foreign line, set aside and redone."""
+    expected = {s.sample_id: json.loads(json.dumps(s.meta, default=str)) for s in samples}
+
+    def problem(row: dict[str, Any]) -> str | None:
+        meta = expected.get(row["sample_id"])
+        for key, value in (meta or {}).items():
+            if row.get(key) != value:
+                return f"its {key} {row.get(key)!r} is not {value!r} of sample {row['sample_id']}"
+        return None
+
+    return problem
 
 
 def _sample_line(
@@ -231,6 +257,11 @@ def timing_environment(device: str, dtype: str, attn_backend: str) -> dict[str, 
     }
 
 
+def shard_label(p: Plan) -> str:
+    """This process's samples file: `samples.jsonl`, or `samples.<i>-of-<n>.jsonl` for a shard."""
+    return f"{p.shard_index}-of-{p.shard_count}" if p.shard_count > 1 else ""
+
+
 def generate_samples(p: Plan, store: RunStore, samples: list[Sample]) -> dict[str, Any]:
     """Generate every selected sample of this shard that has no line yet. Returns run facts."""
     done = store.done_ids()
@@ -249,7 +280,7 @@ def generate_samples(p: Plan, store: RunStore, samples: list[Sample]) -> dict[st
     if devices.is_cuda(p.device):
         facts["weights_bytes"] = devices.allocated_bytes(p.device)
     kv_peak = KVBytes(0, 0)
-    shard = f"{p.shard_index}-of-{p.shard_count}" if p.shard_count > 1 else ""
+    shard = shard_label(p)
     warmup_left = int(rt.warmup_samples)
     speed_env = timing_environment(p.device, p.dtype, str(rt.attn_backend))
     with store.open_samples(shard) as writer:
@@ -302,6 +333,14 @@ def _generate_one(p: Plan, adapter: LlavaAdapter, sample: Sample, inputs: Future
 def score(
     p: Plan, store: RunStore, samples: list[Sample], facts: dict[str, Any], scorer: ScoringWorker | None = None
 ) -> dict[str, Any]:
+    # Shards finishing at once score one after the other, each reading every line written so far.
+    with store.results_lock():
+        return _score_locked(p, store, samples, facts, scorer)
+
+
+def _score_locked(
+    p: Plan, store: RunStore, samples: list[Sample], facts: dict[str, Any], scorer: ScoringWorker | None
+) -> dict[str, Any]:
     wanted = {s.sample_id for s in samples}
     rows = [r for r in store.rows() if r["sample_id"] in wanted]
     complete = len(rows) == len(wanted)
@@ -352,14 +391,36 @@ def score(
         "git": git_commit(),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    atomic_write_json(store.results_path, results)
+    # A `runtime.limit` run or a shard that saw fewer lines never replaces a fuller results.json.
+    target = store.results_target(results, cfg.runtime.limit)
+    results["results_file"] = None if target is None else target.name
+    if target is not None:
+        atomic_write_json(target, results)
     return results
+
+
+# errnos that mean "this run directory cannot be written", not a bug: one line, resume later.
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     p = plan(cfg)
-    store = RunStore(p.run_dir)
-    atomic_write_text(p.run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    try:
+        store = RunStore(p.run_dir)
+        # One process per samples file: a second identical run is refused with one line.
+        store.lock_samples(shard_label(p))
+    except OSError as exc:
+        if exc.errno in STORAGE_ERRNOS:
+            raise RunError(f"cannot write the run directory {p.run_dir}: {exc.strerror}") from None
+        raise
+    try:
+        return _run_locked(p, store)
+    finally:
+        store.release()
+
+
+def _run_locked(p: Plan, store: RunStore) -> dict[str, Any]:
+    cfg = p.cfg
     manifest = {
         "status": "running",
         "fingerprint": p.fingerprint,
@@ -370,18 +431,52 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "shard": [p.shard_index, p.shard_count],
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    atomic_write_json(p.run_dir / "manifest.json", manifest)
     samples = select_samples(p.dataset, p.cfg.runtime.limit)
-    log.info("run directory %s (%d samples)", p.run_dir, len(samples))
-    dataset_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)
-    with ScoringWorker(p.dataset, dataset_cfg, enabled=bool(cfg.runtime.scoring_worker)) as scorer:
-        try:
+    store.accept = line_check(samples)
+    try:
+        atomic_write_text(p.run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        atomic_write_json(p.run_dir / "manifest.json", manifest)
+        log.info("run directory %s (%d samples)", p.run_dir, len(samples))
+        dataset_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)
+        with ScoringWorker(p.dataset, dataset_cfg, enabled=bool(cfg.runtime.scoring_worker)) as scorer:
             facts = generate_samples(p, store, samples)
-        except BaseException:
-            atomic_write_json(p.run_dir / "manifest.json", {**manifest, "status": "failed"})
+            results = score(p, store, samples, facts, scorer)
+    except OSError as exc:
+        if exc.errno not in STORAGE_ERRNOS:
+            _mark_failed(p.run_dir, manifest, f"{type(exc).__name__}: {exc}")
             raise
-        results = score(p, store, samples, facts, scorer)
-    manifest["status"] = "complete" if results["complete"] else "partial"
+        problem = f"cannot write {exc.filename or p.run_dir}: {exc.strerror}"
+        _mark_failed(p.run_dir, manifest, problem)
+        n = len(store.rows())
+        raise RunError(
+            f"{problem}; the {n} sample lines in {p.run_dir} are kept (free space or fix permissions, "
+            "then re-run the same command to resume)"
+        ) from None
+    except BaseException as exc:
+        _mark_failed(p.run_dir, manifest, (str(exc).strip().splitlines() or [type(exc).__name__])[0])
+        raise
+    # The manifest speaks for results.json, which a limited run or a stale shard leaves in place.
+    kept = store.read_results() or results
+    manifest["status"] = "complete" if kept.get("complete") else "partial"
     manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    manifest["results_file"] = results["results_file"]
     atomic_write_json(p.run_dir / "manifest.json", manifest)
     return results
+
+
+def _mark_failed(run_dir: Path, manifest: dict[str, Any], error: str) -> None:
+    """Record the failure in manifest.json. On a full disk the atomic write (a new file) fails,
+    so the old manifest is rewritten in place, which needs no new blocks."""
+    body = json.dumps({**manifest, "status": "failed", "error": error}, indent=2, sort_keys=True, default=str) + "\n"
+    path = run_dir / "manifest.json"
+    try:
+        atomic_write_text(path, body)
+        return
+    except OSError:
+        pass
+    try:
+        with path.open("r+", encoding="utf-8") as fh:
+            fh.write(body)
+            fh.truncate()
+    except OSError as exc:
+        log.error("could not record the failure in %s: %s", path, exc)

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
+import threading
+import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
@@ -19,6 +22,19 @@ from vh_bench.data.base import Dataset
 log = logging.getLogger(__name__)
 
 _DATASET: Any = None  # the worker process's dataset
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """In the worker, first thing: exit when the run's process is gone. A SIGKILLed or OOM-killed
+    parent cannot shut the pool down, and an orphaned worker would hold its memory (the NLTK
+    tagger, the ground truth) until killed by hand; with it gone, the resource tracker exits too."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="vh_bench-parent-watch", daemon=True).start()
 
 
 def _init(dataset_cfg: dict[str, Any]) -> None:
@@ -51,7 +67,12 @@ class ScoringWorker:
             return
         try:
             # spawn, not fork: the parent holds torch's thread pools, which do not survive a fork.
-            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_watch_parent,
+                initargs=(os.getpid(),),
+            )
             self._ready = self._pool.submit(_init, dataset_cfg)
         except (OSError, RuntimeError) as exc:
             log.warning("scoring worker not started (%s); scoring in-process", exc)

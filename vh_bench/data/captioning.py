@@ -9,10 +9,17 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from vh_bench.errors import ConfigError
+
 if TYPE_CHECKING:
     from vh_bench.metrics.chair import GroundTruth
 
 log = logging.getLogger(__name__)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def caption_pairs(rows: list[dict[str, Any]]) -> tuple[list[tuple[int, str]], int]:
@@ -169,6 +176,36 @@ class CaptionDataset:
 
             self._gt = load_ground_truth(self.gt_source(), dialect=self.dialect, image_ids=self.gt_image_ids())
         return self._gt
+
+    def check_scoring(self, gt_key: str) -> None:
+        """Load every scoring input now (dialect, options, synonyms, ground truth), before the
+        model: a corrupt file must fail in seconds as one line naming its key, not as a traceback
+        after all generation. The ground truth is kept for in-process scoring."""
+        from vh_bench.metrics.chair import MISSING_GT_MODES
+        from vh_bench.metrics.chair_words import DIALECTS, load_synonyms
+
+        if self.dialect not in DIALECTS:
+            raise ConfigError("dataset.chair.dialect", f"{self.dialect!r} is not one of {', '.join(DIALECTS)}")
+        missing = self.chair.get("missing_gt", "error")
+        if missing not in MISSING_GT_MODES:
+            raise ConfigError("dataset.chair.missing_gt", f"{missing!r} is not one of {', '.join(MISSING_GT_MODES)}")
+        try:
+            load_synonyms(self.chair.get("synonyms"))
+        except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+            raise ConfigError("dataset.chair.synonyms", _one_line(exc)) from None
+        try:
+            gt = self.ground_truth()
+        except (OSError, ValueError, KeyError) as exc:
+            raise ConfigError(gt_key, _one_line(exc)) from None
+        ids = self.gt_image_ids()
+        uncovered = [i for i in ids or () if i not in gt.objects]
+        if uncovered and missing == "error":
+            raise ConfigError(
+                gt_key,
+                f"{self.gt_source()}: {len(uncovered)} of the {len(ids)} images have no ground-truth objects "
+                f"(e.g. {uncovered[0]})",
+                "use a ground truth that covers the id list, or dataset.chair.missing_gt=reference or skip",
+            )
 
     def warm_up(self) -> None:
         """Load what scoring needs (NLTK tagger and WordNet, synonyms, ground truth) so it can run

@@ -15,8 +15,14 @@ from vh_bench.records import Sample
 
 
 def read_id_list(path: Path) -> list[int]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError("dataset.image_ids_file", f"{path} is not a text file of image ids") from None
+    except OSError as exc:
+        raise ConfigError("dataset.image_ids_file", f"cannot read {path}: {exc.strerror}") from None
     ids: list[int] = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line:
             continue
@@ -26,6 +32,8 @@ def read_id_list(path: Path) -> list[int]:
             raise ConfigError("dataset.image_ids_file", f"{path}:{lineno}: {line!r} is not an image id") from None
     if len(set(ids)) != len(ids):
         raise ConfigError("dataset.image_ids_file", f"{path} lists duplicate image ids")
+    if not ids:
+        raise ConfigError("dataset.image_ids_file", f"{path} lists no image ids", "one COCO image id per line")
     return ids
 
 
@@ -54,6 +62,8 @@ class CocoCaptions(CaptionDataset):
         if not gt or not Path(gt).exists():
             raise ConfigError("dataset.chair.gt", f"ground truth {gt} not found", "a GT cache file or COCO annotation dir")
         self.opope_options.check()
+        self.image_ids()  # reads and checks the id list
+        self.check_scoring("dataset.chair.gt")
 
     def image_ids(self) -> list[int]:
         # Listed once: identity, samples, provenance and the ground truth all need it, and without

@@ -135,12 +135,17 @@ class DemoCaptions(CaptionDataset):
         return generate_demo(Path(self.root), num_images=self.num_images, image_size=self.image_size, seed=self.seed)
 
     def check(self) -> None:
-        if self.num_images < 1:
-            from vh_bench.errors import ConfigError
+        from vh_bench.errors import ConfigError, is_int
 
-            raise ConfigError("dataset.num_images", f"must be >= 1, got {self.num_images}")
+        for key, low in (("num_images", 1), ("image_size", 16)):  # smaller scenes cannot hold their shapes
+            if not is_int(getattr(self, key)) or getattr(self, key) < low:
+                raise ConfigError(f"dataset.{key}", f"must be an integer >= {low}, got {getattr(self, key)!r}")
+        if not is_int(self.seed):
+            raise ConfigError("dataset.seed", f"must be an integer, got {self.seed!r}")
         self.opope_options.check()
         self.data_dir  # noqa: B018 - generate now, before any model is loaded
+        # The ground truth is built from the generated annotations, which live under paths.demo_dir.
+        self.check_scoring("paths.demo_dir")
 
     def samples(self) -> list[Sample]:
         d = self.data_dir

@@ -29,5 +29,9 @@ def load_rgb(path: Path) -> Image.Image:
             return img.convert("RGB")
     except FileNotFoundError:
         raise SampleError(f"image file missing: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except Image.DecompressionBombError as exc:
+        # Not an OSError: PIL refuses images over 2 x Image.MAX_IMAGE_PIXELS before decoding them.
+        raise SampleError(f"image too large to decode {path}: {exc}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        # ValueError / EOFError: some truncated or malformed files fail this way inside PIL plugins.
         raise SampleError(f"corrupt or unreadable image {path}: {exc}") from None

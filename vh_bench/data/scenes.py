@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vh_bench.data.captioning import CaptionDataset
-from vh_bench.errors import ConfigError
+from vh_bench.errors import ConfigError, is_int
 from vh_bench.records import Sample
 
 GENERATOR_VERSION = 1  # bump when drawing, sampling or annotation rules change
@@ -117,9 +117,10 @@ class ScenesCaptions(CaptionDataset):
         return generate_split(Path(self.root), self.config, self.split)
 
     def check(self) -> None:
-        if self.num_images is not None and self.num_images < 1:
-            raise ConfigError("dataset.num_images", f"must be >= 1 or null, got {self.num_images}")
+        if self.num_images is not None and (not is_int(self.num_images) or self.num_images < 1):
+            raise ConfigError("dataset.num_images", f"must be an integer >= 1 or null, got {self.num_images!r}")
         self.data_dir  # noqa: B018 - generate now, before any model is loaded
+        self.check_scoring("dataset.root")  # the ground truth is built from the split's annotations
 
     def _images(self) -> list[dict[str, Any]]:
         meta = json.loads((self.data_dir / "annotations" / f"instances_scenes_{self.split}.json").read_text())

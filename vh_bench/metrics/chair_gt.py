@@ -10,6 +10,7 @@ Caches are gzip-compressed JSON `{"<image_id>": [sorted node words]}`; never pic
 from __future__ import annotations
 
 import gzip
+import zlib
 import hashlib
 import json
 import logging
@@ -107,7 +108,10 @@ def _sidecar(path: Path) -> Path:
 def _load_cache_file(path: Path, wanted: set[int] | None) -> GroundTruth:
     raw = path.read_bytes()
     sha = _sha256_bytes(raw)
-    data = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+    try:
+        data = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+    except (OSError, EOFError, zlib.error) as exc:  # truncated or corrupted download
+        raise ValueError(f"CHAIR GT cache {path}: corrupt gzip file ({type(exc).__name__}: {exc})") from None
     built_with = KNOWN_CACHES.get(sha)
     meta_path = _sidecar(path)
     if built_with is None and meta_path.is_file():

@@ -48,7 +48,10 @@ def check_checkpoint(path_or_id: str) -> None:
     p = Path(path_or_id)
     looks_local = p.is_absolute() or path_or_id.startswith((".", "~")) or p.exists()
     if not looks_local:
-        return  # a hub id: from_pretrained resolves it (cache or download)
+        from vh_bench.models.hub import check_hub_id
+
+        check_hub_id(path_or_id)  # cached, or known to a reachable hub: else one line now
+        return
     p = p.expanduser()
     if not p.is_dir():
         raise ConfigError("model.path", f"{p} does not exist", "point it at a LLaVA-1.5 checkpoint directory or a hub id")
@@ -65,8 +68,15 @@ def check_checkpoint(path_or_id: str) -> None:
             f"{p} is a {model_type!r} checkpoint, not 'llava'",
             "use a llava-hf checkpoint such as llava-hf/llava-1.5-7b-hf",
         )
-    has_weights = any(p.glob("*.safetensors")) or any(p.glob("*.bin"))
-    if not has_weights:
+    if not any(p.glob("*.safetensors")):
+        pickles = sorted(p.glob("*.bin"))
+        if pickles:
+            # Unpickling can run code (and torch refuses most such files with weights_only).
+            raise ConfigError(
+                "model.path",
+                f"{p} holds only pickle weights ({pickles[0].name}), which vh_bench does not load",
+                "use a safetensors checkpoint such as llava-hf/llava-1.5-7b-hf, or convert it",
+            )
         raise ConfigError("model.path", f"{p} has no weight files (*.safetensors)", "the download is incomplete")
     for index in list(p.glob("*.safetensors.index.json")) + list(p.glob("*.bin.index.json")):
         try:
@@ -185,8 +195,14 @@ class LlavaAdapter:
             )
         check_checkpoint(path)
         templates.resolve_template(prompt_template)
-        processor = AutoProcessor.from_pretrained(path, trust_remote_code=False)
-        check_processor(processor, AutoConfig.from_pretrained(path, trust_remote_code=False), path)
+        try:
+            # A broken tokenizer or processor file is the checkpoint's fault too: one line.
+            processor = AutoProcessor.from_pretrained(path, trust_remote_code=False)
+            auto_config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+        except (OSError, ValueError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError("model.path", f"cannot load the processor from {path}: {first}") from exc
+        check_processor(processor, auto_config, path)  # before the weights: old snapshots (issue 19)
         # Dict form: only the language model gets the harness's attention; the vision tower keeps
         # sdpa (its attention modules have no layer_idx). methods.md §1.6.
         text_attn = attn_implementation if stock_attention else attention.ATTN_NAME
@@ -200,7 +216,7 @@ class LlavaAdapter:
                 **devices.load_kwargs(device),  # CUDA: straight onto the GPU, no full copy in host RAM
             )
         except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
-            # Truncated or corrupt weight files surface here as library errors; say which key.
+            # Truncated or corrupt weight or tokenizer files surface here as library errors.
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ConfigError("model.path", f"cannot load weights from {path}: {first}") from exc
         if not devices.is_cuda(device):  # on CUDA the device_map has placed every weight already
