@@ -26,6 +26,7 @@ import logging
 import os
 import platform
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,7 @@ def load() -> Any:
     flags = ["-O3", "-ffp-contract=off", "-fopenmp-simd", *_ARCH_FLAGS.get(cap, [])]
     digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(flags).encode()).hexdigest()[:12]
     name = f"vh_vasparse_decode_{platform.machine()}_{cap.lower()}_{digest}"
+    clear_stale_lock(name)
     if is_built(name):
         log.debug("loading the cached VASparse CPU kernel %s", name)
     else:  # said only when a compile really follows (issue 16)
@@ -95,6 +97,30 @@ def load() -> Any:
     except Exception as exc:  # noqa: BLE001 - compiler errors become one reason line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise KernelUnavailable(f"building {SOURCE.name} failed: {first}") from exc
+
+
+STALE_LOCK_S = 600.0  # a build takes ~20–60 s; a lock this old was left by a killed builder
+
+
+def clear_stale_lock(name: str, max_age_s: float = STALE_LOCK_S) -> bool:
+    """Remove the build lock a killed process left behind; True if one was removed.
+
+    torch's extension builder waits, without limit, for its `lock` file to disappear; a builder
+    killed mid-build (Ctrl-C, a test timeout, SIGKILL) leaves it, and every later load of the
+    kernel then hangs. Seen here: a lock left at 03:10 hung every VASparse run for an hour.
+    """
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        lock = Path(_get_build_directory(name, verbose=False)) / "lock"
+        if lock.exists() and time.time() - lock.stat().st_mtime > max_age_s:
+            log.warning("removing a stale build lock %s (left %.0f s ago by a killed build)", lock,
+                        time.time() - lock.stat().st_mtime)
+            lock.unlink(missing_ok=True)
+            return True
+    except Exception:  # noqa: BLE001 - a private helper: never let it break the build
+        return False
+    return False
 
 
 def is_built(name: str) -> bool:

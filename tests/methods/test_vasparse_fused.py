@@ -252,3 +252,24 @@ def test_an_uncached_kernel_says_building(tmp_path, monkeypatch, fresh_load, cap
     with caplog.at_level(logging.INFO, logger=vasparse_fused.__name__):
         fresh_load()
     assert [r for r in caplog.records if "building the VASparse CPU kernel" in r.getMessage()]
+
+
+def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path, monkeypatch):
+    """A builder killed mid-build leaves `lock`; torch would wait for it forever."""
+    import os
+    import time
+
+    from methods import vasparse_fused
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    from torch.utils.cpp_extension import _get_build_directory
+
+    build = tmp_path / "some_kernel"
+    build.mkdir()
+    assert _get_build_directory("some_kernel", verbose=False) == str(build)
+    lock = build / "lock"
+    lock.touch()
+    assert not vasparse_fused.clear_stale_lock("some_kernel") and lock.exists()  # a build may be running
+    old = time.time() - vasparse_fused.STALE_LOCK_S - 5
+    os.utime(lock, (old, old))
+    assert vasparse_fused.clear_stale_lock("some_kernel") and not lock.exists()
