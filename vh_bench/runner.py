@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from vh_bench import devices
 from vh_bench.config import gen_config, resolve_device, results_dir, to_plain
-from vh_bench.data.base import Dataset
+from vh_bench.data.base import Dataset, select_samples, selection_digest
 from vh_bench.data.images import load_rgb
 from vh_bench.decoding.kv_cache import KVBytes
 from vh_bench.decoding.method import Method
@@ -183,17 +183,6 @@ def plan(cfg: DictConfig) -> Plan:
     return Plan(cfg, gen, method, dataset, device, dtype, fp, run_dir, index, count)
 
 
-def select_samples(dataset: Dataset, limit: int | None) -> list[Sample]:
-    """The dataset's samples (ids checked unique), the first `limit` of them if set (runtime.limit)."""
-    samples = dataset.samples()
-    ids = [s.sample_id for s in samples]
-    if len(set(ids)) != len(ids):
-        raise ConfigError("dataset", "sample ids are not unique")
-    if limit is not None:
-        samples = samples[: int(limit)]
-    return samples
-
-
 def _sample_line(
     sample: Sample, gen_out: Any, *, device: str, warmup: bool, error: str | None, speed_env: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -339,6 +328,7 @@ def score(
         # Which samples the run asked for, so the report never puts runs over different ones in one column.
         "sample_set": hashlib.sha256("\n".join(sorted(wanted)).encode()).hexdigest()[:16],
         "limit": None if cfg.runtime.limit is None else int(cfg.runtime.limit),
+        "selection": selection_digest(wanted),  # what `score run` checks it rescores the same samples
         "n_done": len(rows),
         "n_errors": sum(1 for r in rows if r.get("error")),
         "errors": {r["sample_id"]: r["error"] for r in rows if r.get("error")},

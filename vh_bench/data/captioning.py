@@ -170,6 +170,10 @@ class CaptionDataset:
             self._gt = load_ground_truth(self.gt_source(), dialect=self.dialect, image_ids=self.gt_image_ids())
         return self._gt
 
+    def use_ground_truth(self, gt: GroundTruth) -> None:
+        """Score against `gt` (the one a run recorded, for `score run`) instead of loading one."""
+        self._gt = gt
+
     def warm_up(self) -> None:
         """Load what scoring needs (NLTK tagger and WordNet, synonyms, ground truth) so it can run
         in a background thread while the model generates, instead of after it."""
