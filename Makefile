@@ -19,7 +19,7 @@ export TORCH_EXTENSIONS_DIR ?= $(abspath .cache/torch_extensions)
 
 STAMP := $(VENV)/.vh_bench-installed
 
-.PHONY: install nltk wordnet test demo bench mutants report clean gpu-wheels gpu-check
+.PHONY: install nltk wordnet chromium test demo reference bench mutants report clean gpu-wheels gpu-check
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,12 @@ test: nltk
 
 demo: nltk
 	$(PY) -m vh_bench -m experiment=demo
+
+# The committed reference tables: refreshed from `make demo`'s output only when asked to.
+reference: demo
+	rm -rf results/reference && mkdir -p results/reference
+	cp results/demo/*.md results/demo/*.csv results/demo/*.tex results/demo/*.png results/demo/*.pdf results/reference/
+	@echo "results/reference/ refreshed from results/demo/; review with git diff and commit on purpose"
 
 bench: nltk
 	$(PY) -m vh_bench.bench speed
