@@ -46,10 +46,23 @@ wordnet:
 		echo "note: WordNet not installed and not root; setup_nltk will look for it elsewhere"; \
 	fi
 
+# Headless Chromium from Debian: the run browser's page is rendered in a real browser by the tests
+# (tests/test_show.py; under CI=true a missing chromium fails instead of skipping).
+chromium:
+	@if command -v chromium >/dev/null; then \
+		true; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian package chromium"; \
+		(apt-get install -y -qq --no-install-recommends chromium \
+		  || (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium)) >/dev/null; \
+	else \
+		echo "note: chromium not installed and not root; the browser test will skip (fail under CI=true)"; \
+	fi
+
 nltk: install wordnet
 	$(PY) -m vh_bench.setup_nltk --dest "$(VH_BENCH_NLTK_DATA)"
 
-test: nltk
+test: nltk chromium
 	$(PY) -m pytest -q
 
 demo: nltk
