@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,6 +34,8 @@ from vh_bench.metrics.speed import speed_from_rows
 from vh_bench.models.llava import DTYPES, LlavaAdapter, ModelInputs, check_checkpoint
 from vh_bench.models.weights import check_weights_sha256
 from vh_bench.models.templates import resolve_template
+from vh_bench.preflight import check_model, check_runtime
+from vh_bench.preflight import shard_of as preflight_shard_of
 from vh_bench.provenance import device_description, git_commit, library_versions
 from vh_bench.records import GenConfig, Sample
 from vh_bench.scoring_worker import ScoringWorker
@@ -130,12 +131,7 @@ def load_adapter(cfg: DictConfig, model_path: str, device: str, dtype: str) -> L
 
 def shard_of(cfg: DictConfig) -> tuple[int, int]:
     """Shard from config, else from torchrun's RANK/WORLD_SIZE, else (0, 1)."""
-    sh = cfg.runtime.shard
-    index = sh.index if sh.index is not None else int(os.environ.get("RANK", 0))
-    count = sh.count if sh.count is not None else int(os.environ.get("WORLD_SIZE", 1))
-    if count < 1 or not 0 <= index < count:
-        raise ConfigError("runtime.shard", f"index {index} / count {count} out of range", "0 <= index < count")
-    return int(index), int(count)
+    return preflight_shard_of(cfg.runtime)
 
 
 def in_shard(sample_id: str, index: int, count: int) -> bool:
@@ -151,14 +147,8 @@ def plan(cfg: DictConfig) -> Plan:
     gen = gen_config(cfg, getattr(dataset, "max_new_tokens", None))
     method.check(gen)
     runtime = cfg.runtime
-    if runtime.limit is not None and int(runtime.limit) < 1:
-        raise ConfigError("runtime.limit", f"must be >= 1 or null, got {runtime.limit}")
-    if int(runtime.warmup_samples) < 0:
-        raise ConfigError("runtime.warmup_samples", "must be >= 0")
-    if runtime.attn_backend not in ("sdpa", "eager"):
-        raise ConfigError("runtime.attn_backend", f"{runtime.attn_backend!r} is not sdpa or eager")
-    if runtime.on_oom not in ("skip", "raise"):
-        raise ConfigError("runtime.on_oom", f"{runtime.on_oom!r} is not skip or raise")
+    check_runtime(runtime)  # the torch-free checks (__main__ ran them before importing torch)
+    check_model(cfg.model)
     device, dtype = resolve_device(runtime)
     if dtype not in DTYPES:
         raise ConfigError("runtime.dtype", f"{dtype!r} is not one of {sorted(DTYPES)} or auto")
