@@ -72,6 +72,12 @@ def test_cli_exit_status_says_whether_it_reproduced(runs: dict[str, Path], tmp_p
     bad = run_cli(["run", str(copy)], module="vh_bench.score")
     assert bad.returncode == 1
     assert re.search(r"^  chair\.\w+: ", bad.stderr, re.M) and json.loads(bad.stdout.splitlines()[-1])["reproduced"] is False
+    # --update writes the rescored metrics back (after a metric fix); then the run reproduces.
+    upd = run_cli(["run", "--update", str(copy)], module="vh_bench.score")
+    assert upd.returncode == 1 and "wrote" in upd.stderr
+    stored = _results(copy)
+    assert stored["metrics"] == json.loads(upd.stdout.splitlines()[-1])["metrics"] and len(stored["rescored"]) == 1
+    assert rescore_run(copy).reproduced is True
 
 
 def test_a_changed_ground_truth_is_refused(runs: dict[str, Path], tmp_path: Path) -> None:

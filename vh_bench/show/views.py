@@ -120,7 +120,7 @@ def char_spans(text: str, tokens: Sequence[str]) -> list[tuple[int, int] | None]
     return spans
 
 
-def caption_marks(text: str, sentence: dict[str, Any], dialect: str) -> list[Mark]:
+def caption_marks(text: str, sentence: dict[str, Any], dialect: str, synonyms: str | Path | None = None) -> list[Mark]:
     """The mentions CHAIR found in `text` (`sentence`: its §1.9 per-caption record) as text spans.
     A mention starts at token `position`; a merged double word ("hot dog") runs to the next entry."""
     from vh_bench.metrics.chair_words import _tokenize, load_synonyms, merge_double_words, normalise_caption, words_from_tokens
@@ -132,7 +132,7 @@ def caption_marks(text: str, sentence: dict[str, Any], dialect: str) -> list[Mar
     spans = char_spans(text, tokens)
     _, starts = merge_double_words(norm)
     next_start = {s: (starts[k + 1] if k + 1 < len(starts) else len(norm)) for k, s in enumerate(starts)}
-    cw = words_from_tokens(norm, load_synonyms(None))
+    cw = words_from_tokens(norm, load_synonyms(synonyms))  # the table the run was scored with
     halluc = set(sentence["hallucination_idxs"])
     marks = []
     for node, pos in zip(cw.node_words, cw.positions):
@@ -174,7 +174,8 @@ def _caption_run(images: dict[str, ImageView], run: str, method: str, dataset: A
         s = next(sentences)
         text = str(row["text"])
         missed = sorted(set(s["mscoco_gt_words"]) - set(s["mscoco_generated_words"]))
-        view.captions.append(CaptionView(method, run, text, caption_marks(text, s, dataset.dialect), missed,
+        marks = caption_marks(text, s, dataset.dialect, dataset.chair.get("synonyms"))
+        view.captions.append(CaptionView(method, run, text, marks, missed,
                                          bool(s.get("gt_missing"))))  # fmt: skip
 
 
