@@ -19,7 +19,7 @@ export TORCH_EXTENSIONS_DIR ?= $(abspath .cache/torch_extensions)
 
 STAMP := $(VENV)/.vh_bench-installed
 
-.PHONY: install nltk wordnet test demo bench mutants report clean gpu-wheels gpu-check
+.PHONY: install nltk wordnet chromium test demo reference bench mutants report clean gpu-wheels gpu-check
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -46,14 +46,33 @@ wordnet:
 		echo "note: WordNet not installed and not root; setup_nltk will look for it elsewhere"; \
 	fi
 
+# Headless Chromium from Debian: the run browser's page is rendered in a real browser by the tests
+# (tests/test_show.py; under CI=true a missing chromium fails instead of skipping).
+chromium:
+	@if command -v chromium >/dev/null; then \
+		true; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian package chromium"; \
+		(apt-get install -y -qq --no-install-recommends chromium \
+		  || (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium)) >/dev/null; \
+	else \
+		echo "note: chromium not installed and not root; the browser test will skip (fail under CI=true)"; \
+	fi
+
 nltk: install wordnet
 	$(PY) -m vh_bench.setup_nltk --dest "$(VH_BENCH_NLTK_DATA)"
 
-test: nltk
+test: nltk chromium
 	$(PY) -m pytest -q
 
 demo: nltk
 	$(PY) -m vh_bench -m experiment=demo
+
+# The committed reference tables: refreshed from `make demo`'s output only when asked to.
+reference: demo
+	rm -rf results/reference && mkdir -p results/reference
+	cp results/demo/*.md results/demo/*.csv results/demo/*.tex results/demo/*.png results/demo/*.pdf results/reference/
+	@echo "results/reference/ refreshed from results/demo/; review with git diff and commit on purpose"
 
 bench: nltk
 	$(PY) -m vh_bench.bench speed

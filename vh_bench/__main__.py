@@ -20,15 +20,19 @@ log = logging.getLogger("vh_bench")
 def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
-    from vh_bench.report.table import format_table, results_frame
-    from vh_bench.runner import run
+    from vh_bench.preflight import preflight
 
     try:
+        preflight(cfg)  # a bad value fails here in about a second, before torch is imported
+        from vh_bench.runner import run
+
         results = run(cfg)
     except (ConfigError, RunError, ScoringError) as exc:
         # One line for people; no traceback for a bad value or a bad input file.
         print(f"vh_bench: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    from vh_bench.report.table import format_table, results_frame
+
     # Tell the sweep callback where this job's results went.
     out = Path(HydraConfig.get().runtime.output_dir)
     (out / "run_dir.txt").write_text(results["run_dir"] + "\n")

@@ -12,7 +12,6 @@ import errno
 import hashlib
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -27,9 +26,9 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from vh_bench import devices
-from vh_bench.checks import check_inside, check_path_part, check_runtime
+from vh_bench.checks import check_inside, check_path_part
 from vh_bench.config import gen_config, resolve_device, results_dir, to_plain
-from vh_bench.data.base import Dataset
+from vh_bench.data.base import Dataset, select_samples, selection_digest
 from vh_bench.data.images import load_rgb
 from vh_bench.decoding.kv_cache import KVBytes
 from vh_bench.decoding.method import Method
@@ -39,6 +38,8 @@ from vh_bench.metrics.speed import speed_from_rows
 from vh_bench.models.llava import DTYPES, LlavaAdapter, ModelInputs, check_checkpoint
 from vh_bench.models.weights import check_weights_sha256
 from vh_bench.models.templates import resolve_template
+from vh_bench.preflight import check_model, check_runtime
+from vh_bench.preflight import shard_of as preflight_shard_of
 from vh_bench.provenance import device_description, git_commit, library_versions
 from vh_bench.records import GenConfig, Sample
 from vh_bench.scoring_worker import ScoringWorker
@@ -134,16 +135,7 @@ def load_adapter(cfg: DictConfig, model_path: str, device: str, dtype: str) -> L
 
 def shard_of(cfg: DictConfig) -> tuple[int, int]:
     """Shard from config, else from torchrun's RANK/WORLD_SIZE, else (0, 1)."""
-    sh = cfg.runtime.shard
-    try:
-        index = sh.index if sh.index is not None else int(os.environ.get("RANK", 0))
-        count = sh.count if sh.count is not None else int(os.environ.get("WORLD_SIZE", 1))
-    except ValueError:
-        raise ConfigError("runtime.shard", f"RANK={os.environ.get('RANK')!r} / WORLD_SIZE="
-                          f"{os.environ.get('WORLD_SIZE')!r} are not integers", "set runtime.shard.*") from None
-    if count < 1 or not 0 <= index < count:
-        raise ConfigError("runtime.shard", f"index {index} / count {count} out of range", "0 <= index < count")
-    return int(index), int(count)
+    return preflight_shard_of(cfg.runtime)
 
 
 def in_shard(sample_id: str, index: int, count: int) -> bool:
@@ -155,17 +147,14 @@ def in_shard(sample_id: str, index: int, count: int) -> bool:
 def plan(cfg: DictConfig) -> Plan:
     """Validate everything that can be validated without loading a model."""
     runtime = cfg.runtime
-    check_runtime(runtime)
+    check_runtime(runtime)  # the torch-free checks (__main__ ran them before importing torch)
+    check_model(cfg.model)
     check_path_part("model.name", cfg.model.name)
     method = build_method(cfg)
     dataset = build_dataset(cfg)
     check_path_part("dataset.name", dataset.name)
     gen = gen_config(cfg, getattr(dataset, "max_new_tokens", None))
     method.check(gen)
-    if runtime.attn_backend not in ("sdpa", "eager"):
-        raise ConfigError("runtime.attn_backend", f"{runtime.attn_backend!r} is not sdpa or eager")
-    if runtime.on_oom not in ("skip", "raise"):
-        raise ConfigError("runtime.on_oom", f"{runtime.on_oom!r} is not skip or raise")
     device, dtype = resolve_device(runtime)
     if dtype not in DTYPES:
         raise ConfigError("runtime.dtype", f"{dtype!r} is not one of {sorted(DTYPES)} or auto")
@@ -189,20 +178,6 @@ def plan(cfg: DictConfig) -> Plan:
     check_inside(run_dir, results_dir(cfg), "paths.results_dir")
     index, count = shard_of(cfg)
     return Plan(cfg, gen, method, dataset, device, dtype, fp, run_dir, index, count)
-
-
-def select_samples(dataset: Dataset, limit: int | None) -> list[Sample]:
-    """The dataset's samples (ids checked unique), the first `limit` of them if set (runtime.limit)."""
-    samples = dataset.samples()
-    ids = [s.sample_id for s in samples]
-    if len(set(ids)) != len(ids):
-        raise ConfigError("dataset", "sample ids are not unique")
-    if limit is not None:
-        samples = samples[: int(limit)]
-    if not samples:
-        # An empty id list or question file would otherwise end "complete" with nothing scored.
-        raise ConfigError("dataset", f"{dataset.name} selects no samples", "check its id list or question file")
-    return samples
 
 
 def line_check(samples: list[Sample]) -> Callable[[dict[str, Any]], str | None]:
@@ -378,6 +353,7 @@ def _score_locked(
         # Which samples the run asked for, so the report never puts runs over different ones in one column.
         "sample_set": hashlib.sha256("\n".join(sorted(wanted)).encode()).hexdigest()[:16],
         "limit": None if cfg.runtime.limit is None else int(cfg.runtime.limit),
+        "selection": selection_digest(wanted),  # what `score run` checks it rescores the same samples
         "n_done": len(rows),
         "n_errors": sum(1 for r in rows if r.get("error")),
         "errors": {r["sample_id"]: r["error"] for r in rows if r.get("error")},

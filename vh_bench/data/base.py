@@ -6,7 +6,8 @@ per-sample output lines of a run (scoring imports no torch: design.md's one-way 
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import hashlib
+from collections.abc import Collection, Iterable
 from typing import Any, Protocol, runtime_checkable
 
 from vh_bench.records import Sample
@@ -32,3 +33,28 @@ class Dataset(Protocol):
 
     def provenance(self) -> dict[str, Any]:
         """How the data was made: file paths, sha256s, versions, id lists."""
+
+
+def select_samples(dataset: Dataset, limit: int | None) -> list[Sample]:
+    """The dataset's samples (ids checked unique), the first `limit` of them if set (runtime.limit).
+
+    Torch-free, so `score run` selects exactly what the runner selected without loading a model."""
+    from vh_bench.errors import ConfigError
+
+    samples = dataset.samples()
+    ids = [s.sample_id for s in samples]
+    if len(set(ids)) != len(ids):
+        raise ConfigError("dataset", "sample ids are not unique")
+    if limit is not None:
+        samples = samples[: int(limit)]
+    if not samples:
+        # An empty id list or question file would otherwise end "complete" with nothing scored.
+        raise ConfigError("dataset", f"{dataset.name} selects no samples", "check its id list or question file")
+    return samples
+
+
+def selection_digest(sample_ids: Iterable[str]) -> dict[str, Any]:
+    """How many samples a run asked for and a sha256 of their sorted ids (recorded in results.json;
+    `score run` refuses to rescore a selection that is not the one recorded)."""
+    ids = sorted(set(sample_ids))
+    return {"n": len(ids), "sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest()}

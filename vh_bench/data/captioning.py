@@ -207,6 +207,10 @@ class CaptionDataset:
                 "use a ground truth that covers the id list, or dataset.chair.missing_gt=reference or skip",
             )
 
+    def use_ground_truth(self, gt: GroundTruth) -> None:
+        """Score against `gt` (the one a run recorded, for `score run`) instead of loading one."""
+        self._gt = gt
+
     def warm_up(self) -> None:
         """Load what scoring needs (NLTK tagger and WordNet, synonyms, ground truth) so it can run
         in a background thread while the model generates, instead of after it."""

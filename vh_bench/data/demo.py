@@ -29,7 +29,10 @@ log = logging.getLogger(__name__)
 # COCO's category ids run 1..90 with ten gaps.
 _COCO_ID_GAPS = {12, 26, 29, 30, 45, 66, 68, 69, 71, 83}
 COCO_CATEGORY_IDS = [i for i in range(1, 91) if i not in _COCO_ID_GAPS]
-GENERATOR_VERSION = 1  # bump when the drawing or annotation rules change
+GENERATOR_VERSION = 2  # bump when the drawing or annotation rules change (2: ids above COCO's range)
+# Demo image ids start far above COCO's (val/test ids are below 600k), so demo captions scored
+# against a real COCO ground truth by mistake find no ground truth (an error), never a wrong one.
+DEMO_IMAGE_ID_BASE = 10_000_000
 
 
 def _categories() -> list[dict[str, Any]]:
@@ -83,12 +86,12 @@ def generate_demo(root: Path, *, num_images: int = 8, image_size: int = 336, see
         rng = random.Random(seed)
         images, instances, captions = [], [], []
         for k in range(num_images):
-            image_id = 1000 + k
+            image_id = DEMO_IMAGE_ID_BASE + k
             # Some scenes are not square so the processor's resize + centre crop is exercised.
             width = image_size + (rng.choice((0, 64)) if k % 2 else 0)
             height = image_size
             img, objects = _draw_scene(rng, width, height, rng.randint(2, 4))
-            file_name = f"demo_{image_id:06d}.jpg"
+            file_name = f"demo_{image_id}.jpg"
             img.save(tmp / "images" / file_name, quality=92)
             images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
             for cat_index, bbox in objects:

@@ -237,7 +237,11 @@ def read_caption_file(path: os.PathLike | str, *, image_id_key: str = "image_id"
         try:
             image_id, caption = _get(rec, image_id_key), _get(rec, caption_key)
         except KeyError as exc:
-            raise ValueError(f"{where}: missing field {exc.args[0]!r}") from None
+            hint = ""
+            if exc.args[0] == caption_key and "text" in rec and "sample_id" in rec:
+                hint = (" (this is a vh_bench run's sample file: its captions are under `text`; "
+                        "`python -m vh_bench.score run <run_dir>` rescores the run as it was scored)")  # fmt: skip
+            raise ValueError(f"{where}: missing field {exc.args[0]!r}{hint}") from None
         if not isinstance(caption, str):
             raise ValueError(f"{where}: caption is {type(caption).__name__}, not a string")
         out.append((_image_id(image_id, where), caption))  # used exactly as generated (§1.1)

@@ -53,9 +53,12 @@ class GroundTruth:
     name: str  # cache file name, or "built:<key>" for a GT built from annotations
     sha256: str  # of the cache file (for a built GT: of the gzip JSON it was written to)
     built_with: str | None  # dialect used to build it, if known
+    # The file it was read from (for a built GT: the cache it was written to), so a run can be
+    # rescored from its directory alone (`score run`); None for a GT made in memory.
+    path: str | None = None
 
     def provenance(self) -> dict[str, str | None]:
-        return {"name": self.name, "sha256": self.sha256, "built_with": self.built_with}
+        return {"name": self.name, "sha256": self.sha256, "built_with": self.built_with, "path": self.path}
 
 
 def shipped_cache(kind: str) -> Path:
@@ -119,7 +122,7 @@ def _load_cache_file(path: Path, wanted: set[int] | None) -> GroundTruth:
             built_with = json.loads(meta_path.read_text()).get("dialect")
         except (json.JSONDecodeError, AttributeError):
             log.warning("ignoring unreadable GT cache metadata %s", meta_path)
-    return GroundTruth(_parse_cache(path, data, wanted), path.name, sha, built_with)
+    return GroundTruth(_parse_cache(path, data, wanted), path.name, sha, built_with, str(path.resolve()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,7 +267,7 @@ def _cached(target: Path, key: str, dialect: str) -> GroundTruth | None:
         return None
     log.info("CHAIR GT: reusing %s", target)
     gt = _load_cache_file(target, None)
-    return GroundTruth(gt.objects, f"built:{key}", gt.sha256, dialect)
+    return GroundTruth(gt.objects, f"built:{key}", gt.sha256, dialect, gt.path)
 
 
 def build_ground_truth(annotation_dir: os.PathLike | str, *, dialect: str = "opera",
@@ -324,7 +327,8 @@ def build_ground_truth(annotation_dir: os.PathLike | str, *, dialect: str = "ope
     }
     _write_atomic(_sidecar(target), json.dumps(meta, indent=1, sort_keys=True).encode())
     log.info("CHAIR GT: built %d images (%s dialect) into %s", len(gt), dialect, target)
-    return GroundTruth({k: frozenset(v) for k, v in gt.items()}, f"built:{key}", sha, dialect), target
+    gt_done = GroundTruth({k: frozenset(v) for k, v in gt.items()}, f"built:{key}", sha, dialect, str(target.resolve()))
+    return gt_done, target
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from vh_bench.report.layout import EXTENSIONS, FORMATS, GroupedTable
 from vh_bench.report.paper import chair_table, pope_table
 from vh_bench.report.plot import plot_chair_speed
 from vh_bench.report.records import RunRecord, records_from
-from vh_bench.report.table import format_table, records_frame
+from vh_bench.report.table import format_table, key_columns, records_frame
 from vh_bench.store import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,8 @@ class Report:
 
     def render(self, which: str, fmt: str) -> str:
         if which == "runs":
-            return format_table(self.runs, fmt)
+            # The key columns where people read it; every column in the CSV.
+            return format_table(self.runs if fmt == "csv" else key_columns(self.runs), fmt)
         if which == "paired":
             return paired_text(self.paired, fmt)
         return getattr(self, which).render(fmt)

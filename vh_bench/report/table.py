@@ -13,7 +13,10 @@ import pandas as pd
 from vh_bench.report.layout import FORMATS, latex_escape, simple_markdown
 from vh_bench.report.records import RunRecord, records_from
 
-__all__ = ["FORMATS", "format_table", "records_frame", "results_frame"]
+__all__ = ["FORMATS", "format_table", "key_columns", "records_frame", "results_frame"]
+
+# Left out of the readable (md/latex) runs table; the CSV keeps every column.
+DETAIL_COLUMNS = ("prefill_ms", "ms_tok_p50", "ms_tok_p90", "new_tokens")
 
 
 def _round(x: Any, nd: int) -> float | None:
@@ -84,6 +87,27 @@ def records_frame(records: Iterable[RunRecord]) -> pd.DataFrame:
         if df[col].astype(str).nunique(dropna=False) <= 1 and len(df) > 1:
             df = df.drop(columns=col)
     return df.sort_values(["model", "dataset", "method"], kind="stable").reset_index(drop=True)
+
+
+def key_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """The runs table as people read it: identity, metrics, speed, counts, and of the `method.*`
+    hyperparameters only the scalar ones that vary between runs of one method (what a sweep swept).
+    A table of six methods otherwise carries every method's every knob (about 80 columns, HALC's
+    word lists among them); all of them stay in the CSV."""
+    if df.empty:
+        return df
+    keep = []
+    for col in df.columns:
+        if col in DETAIL_COLUMNS:
+            continue
+        if col.startswith("method."):
+            values = df[col].dropna()
+            if values.empty or values.map(lambda v: isinstance(v, str) and v.startswith("[")).any():
+                continue  # list-valued (JSON text): unreadable in a cell
+            if not (df.groupby("method")[col].nunique(dropna=True) > 1).any():
+                continue  # constant within every method: a default, not a comparison
+        keep.append(col)
+    return df[keep]
 
 
 def format_table(df: pd.DataFrame, fmt: str = "md") -> str:

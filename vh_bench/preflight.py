@@ -1,0 +1,110 @@
+"""Config checks that need neither torch nor transformers, run before either is imported.
+
+Importing torch and transformers takes 5 s on an idle 2-core machine and 15-20 s on a busy one, so
+`python -m vh_bench` checks what it can first: generation.*, runtime.*, the dataset's inputs, and
+whether a hub id in model.path can be loaded at all when the hub is off (HF_HUB_OFFLINE=1). A bad
+value then costs about a second, and no run directory is made for it. The method's
+hyperparameters are checked by the method's constructor, which needs torch (`runner.plan`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from vh_bench.config import gen_config
+from vh_bench.errors import ConfigError
+
+DTYPE_NAMES = ("float32", "float16", "bfloat16")  # the keys of models.llava.DTYPES (a test holds them equal)
+
+
+def check_runtime(runtime: DictConfig) -> None:
+    from vh_bench import checks
+
+    checks.check_runtime(runtime)  # types and ranges first: `abc` for a count is one line, not a ValueError
+    if runtime.attn_backend not in ("sdpa", "eager"):
+        raise ConfigError("runtime.attn_backend", f"{runtime.attn_backend!r} is not sdpa or eager")
+    if runtime.on_oom not in ("skip", "raise"):
+        raise ConfigError("runtime.on_oom", f"{runtime.on_oom!r} is not skip or raise")
+    if str(runtime.dtype) not in ("auto", *DTYPE_NAMES):
+        raise ConfigError("runtime.dtype", f"{runtime.dtype!r} is not one of {sorted(DTYPE_NAMES)} or auto")
+    shard_of(runtime)
+
+
+def shard_of(runtime: DictConfig) -> tuple[int, int]:
+    """Shard from config, else from torchrun's RANK/WORLD_SIZE, else (0, 1)."""
+    sh = runtime.shard
+    try:
+        index = sh.index if sh.index is not None else int(os.environ.get("RANK", 0))
+        count = sh.count if sh.count is not None else int(os.environ.get("WORLD_SIZE", 1))
+    except ValueError:
+        raise ConfigError("runtime.shard", f"RANK={os.environ.get('RANK')!r} / WORLD_SIZE="
+                          f"{os.environ.get('WORLD_SIZE')!r} are not integers", "set runtime.shard.*") from None
+    if count < 1 or not 0 <= index < count:
+        raise ConfigError("runtime.shard", f"index {index} / count {count} out of range", "0 <= index < count")
+    return int(index), int(count)
+
+
+def looks_local(path_or_id: str) -> bool:
+    """A filesystem path rather than a hub id (the same rule as models.llava.check_checkpoint)."""
+    p = Path(path_or_id)
+    return p.is_absolute() or path_or_id.startswith((".", "~")) or p.exists()
+
+
+def check_hub_id(repo_id: str, key: str = "model.path") -> None:
+    """With the hub off (HF_HUB_OFFLINE), a hub id must already be in the local cache: say so in one
+    line instead of letting from_pretrained fail deep inside transformers after the run has begun."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if not constants.HF_HUB_OFFLINE:
+        return  # from_pretrained may download it
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except ValueError as exc:  # not a valid repo id either
+        raise ConfigError(key, f"{repo_id!r} is neither a local directory nor a hub id ({exc})".splitlines()[0]) from None
+    if not isinstance(found, str):
+        raise ConfigError(
+            key,
+            f"{repo_id!r} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE=1 forbids downloading it",
+            "download it first (huggingface-cli download ID), unset HF_HUB_OFFLINE, or set it to a local checkpoint directory",
+        )
+
+
+def check_model(model: DictConfig) -> None:
+    if model.tiny is not None:
+        return
+    if not model.path:
+        raise ConfigError("model.path", "is empty", "a hub id such as llava-hf/llava-1.5-7b-hf or a local directory")
+    path = str(model.path)
+    if not looks_local(path):
+        check_hub_id(path)
+    elif not Path(path).expanduser().is_dir():
+        # The common case of models.llava.check_checkpoint, which also checks the directory's
+        # contents once transformers is imported.
+        raise ConfigError("model.path", f"{Path(path).expanduser()} does not exist",
+                          "point it at a LLaVA-1.5 checkpoint directory or a hub id")  # fmt: skip
+
+
+def build_dataset(cfg: DictConfig) -> Any:
+    """The dataset built from `cfg.dataset` (torch-free); a failure is one ConfigError line."""
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(cfg.dataset, _convert_="all")
+    except Exception as exc:  # noqa: BLE001 - Hydra wraps the constructor's TypeErrors
+        cause = exc.__cause__ or exc  # the same line as runner._instantiate gives
+        raise ConfigError("dataset", f"cannot build {cfg.dataset.get('_target_')}: {cause}".splitlines()[0]) from exc
+
+
+def preflight(cfg: DictConfig) -> None:
+    """Every check that needs no torch: raise ConfigError (one line, the key) on the first problem."""
+    gen_config(cfg)
+    check_runtime(cfg.runtime)
+    check_model(cfg.model)
+    dataset = build_dataset(cfg)
+    if getattr(dataset, "max_new_tokens", None) is not None and int(dataset.max_new_tokens) < 1:
+        raise ConfigError("dataset.max_new_tokens", f"must be >= 1, got {dataset.max_new_tokens}")
+    dataset.check()
