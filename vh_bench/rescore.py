@@ -75,7 +75,7 @@ def _same(a: Any, b: Any) -> bool:
 
 # Where a file lives is not what it holds (its sha256 is compared): a run directory moved to another
 # machine, whose ground truth was rebuilt elsewhere, still reproduces.
-LOCATION_KEYS = ("gt_cache.path",)
+LOCATION_KEYS = ("gt_cache.path", "objects_file.path")
 
 
 def differences(new: dict[str, Any], old: dict[str, Any]) -> list[str]:
