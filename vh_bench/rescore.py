@@ -187,7 +187,7 @@ def rescore_run(run_dir: Path | str) -> Rescore:
             f"the dataset now selects {len(wanted)} samples that are not the {recorded_sel.get('n')} the run "
             "recorded (selection sha256 differs); the run's data or runtime.limit changed"
         )
-    rows = [r for r in RunStore(run_dir).rows() if r["sample_id"] in wanted]
+    rows = sorted((r for r in RunStore(run_dir).rows() if r["sample_id"] in wanted), key=lambda r: r["sample_id"])  # as runner.score
     gt_prov = None
     if callable(getattr(dataset, "use_ground_truth", None)):
         gt = _ground_truth(dataset, _recorded_gt(results))

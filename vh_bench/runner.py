@@ -317,7 +317,9 @@ def _score_locked(
     p: Plan, store: RunStore, samples: list[Sample], facts: dict[str, Any], scorer: ScoringWorker | None
 ) -> dict[str, Any]:
     wanted = {s.sample_id for s in samples}
-    rows = [r for r in store.rows() if r["sample_id"] in wanted]
+    # In sample-id order: shard files interleave lines by finishing time, and the bootstrap draws
+    # over the rows' order, so a sharded or resumed run must see the rows an uninterrupted one sees.
+    rows = sorted((r for r in store.rows() if r["sample_id"] in wanted), key=lambda r: r["sample_id"])
     complete = len(rows) == len(wanted)
     try:
         if not rows:

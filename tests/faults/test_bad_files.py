@@ -159,7 +159,9 @@ def test_unknown_hub_id_offline_fails_at_once(tmp_path: Path, no_model_loading: 
     monkeypatch.setattr("huggingface_hub.HfApi.model_info", lambda *a, **k: calls.append(a))
     with pytest.raises(ConfigError) as info:
         plan(_llava(tmp_path, "nobody/no-such-llava"))
-    assert "is not in the local Hugging Face cache and HF_HUB_OFFLINE is set" in assert_one_line(info.value, "model.path")
+    # The torch-free preflight (issue 16) says it before models/hub.py's own check can.
+    line = assert_one_line(info.value, "model.path")
+    assert "'nobody/no-such-llava' is not in the" in line and "HF_HUB_OFFLINE" in line
     assert calls == []  # offline: not even one request
 
 
