@@ -136,15 +136,14 @@ class ViewEncoder:
         self.n_fed = 0  # token-rows fed (prompt included), a cost diagnostic
 
     def pixel_values(self, boxes: Sequence[Box]) -> torch.Tensor:
-        """Crops through the LLaVA image processor as full images; cached per box set."""
+        """Crops through the model's image processor as full images; cached per box set."""
         key = tuple(tuple(b) for b in boxes)
         if key not in self._pixels:
             image = self.inputs.image
             if image is None:
                 raise ValueError("HALC needs ModelInputs.image (the original PIL image) to crop views")
             crops = crop_views(image, boxes)
-            pv = self.adapter.processor.image_processor(images=crops, return_tensors="pt")["pixel_values"]
-            self._pixels[key] = pv.to(self.adapter.device, self.adapter.dtype)
+            self._pixels[key] = self.adapter.vision_pixels(crops)
         return self._pixels[key]
 
     def _forward(self, cache: Any, ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:

@@ -74,6 +74,9 @@ def check_hub_id(repo_id: str, key: str = "model.path") -> None:
 
 
 def check_model(model: DictConfig) -> None:
+    from vh_bench.models.registry import family
+
+    family(model.get("family"))  # an unknown family: one line before torch loads
     if model.tiny is not None:
         return
     if not model.path:

@@ -35,7 +35,9 @@ from vh_bench.decoding.method import Method
 from vh_bench.decoding.seeding import SampleSeeds
 from vh_bench.errors import ConfigError, RunError, SampleError, ScoringError
 from vh_bench.metrics.speed import speed_from_rows
-from vh_bench.models.llava import DTYPES, LlavaAdapter, ModelInputs, check_checkpoint
+from vh_bench.models import registry
+from vh_bench.models.adapter import Adapter, ModelInputs
+from vh_bench.models.llava import DTYPES, check_checkpoint
 from vh_bench.models.weights import check_weights_sha256
 from vh_bench.models.templates import resolve_template
 from vh_bench.preflight import check_model, check_runtime
@@ -90,6 +92,8 @@ def model_identity(cfg: DictConfig) -> dict[str, Any]:
     m = cfg.model
     ident = {
         "name": m.name,
+        # Absent for LLaVA so that the run directories of configs written before families keep their ids.
+        **({"family": str(m.family)} if m.get("family") not in (None, "llava") else {}),
         "path": m.path if m.tiny is None else None,
         "tiny": to_plain(m.tiny),
         "prompt_template": resolve_template(str(m.prompt_template)),
@@ -102,13 +106,11 @@ def model_identity(cfg: DictConfig) -> dict[str, Any]:
 def resolve_model_path(cfg: DictConfig) -> str:
     """The checkpoint to load: the configured path, or the random model built from `model.tiny`."""
     if cfg.model.tiny is not None:
-        from vh_bench.models.tiny import TinySpec, build_tiny_llava
-
+        fam = registry.family(cfg.model.get("family"))
         try:
-            spec = TinySpec(**to_plain(cfg.model.tiny))
-        except TypeError as exc:
+            return str(fam.build_tiny(to_plain(cfg.model.tiny), Path(str(cfg.paths.cache_dir)) / "models"))
+        except TypeError as exc:  # an unknown or missing spec key
             raise ConfigError("model.tiny", str(exc)) from exc
-        return str(build_tiny_llava(spec, Path(str(cfg.paths.cache_dir)) / "models"))
     if not cfg.model.path:
         raise ConfigError("model.path", "is empty", "a hub id such as llava-hf/llava-1.5-7b-hf or a local directory")
     return str(cfg.model.path)
@@ -120,10 +122,10 @@ def set_num_threads(runtime: DictConfig) -> None:
         torch.set_num_threads(int(runtime.num_threads))
 
 
-def load_adapter(cfg: DictConfig, model_path: str, device: str, dtype: str) -> LlavaAdapter:
-    """LLaVA from `model_path` as the config asks (attention backend, prompt template, name): the
-    runner's and the benches' one way to load the model."""
-    return LlavaAdapter.load(
+def load_adapter(cfg: DictConfig, model_path: str, device: str, dtype: str) -> Adapter:
+    """The `model.family` adapter over `model_path` as the config asks (attention backend, prompt
+    template, name): the runner's and the benches' one way to load the model."""
+    return registry.family(cfg.model.get("family")).adapter_class().load(
         model_path,
         dtype=dtype,
         device=device,
@@ -159,8 +161,12 @@ def plan(cfg: DictConfig) -> Plan:
     if dtype not in DTYPES:
         raise ConfigError("runtime.dtype", f"{dtype!r} is not one of {sorted(DTYPES)} or auto")
     method.check_runtime(device, DTYPES[dtype])
+    fam = registry.family(cfg.model.get("family"))
+    refusal = fam.adapter_class().refuse(method)
+    if refusal:
+        raise ConfigError("method", f"{type(method).__name__} cannot run on model.family={fam.name}: {refusal}")
     if cfg.model.tiny is None:
-        check_checkpoint(str(cfg.model.path))
+        check_checkpoint(str(cfg.model.path), fam.model_types, fam.example_hub_id)
         if cfg.model.get("sha256"):
             check_weights_sha256(str(cfg.model.path), str(cfg.model.sha256))
     dataset.check()
@@ -284,12 +290,12 @@ def generate_samples(p: Plan, store: RunStore, samples: list[Sample]) -> dict[st
     return facts
 
 
-def prepare_inputs(adapter: LlavaAdapter, sample: Sample) -> ModelInputs:
+def prepare_inputs(adapter: Adapter, sample: Sample) -> ModelInputs:
     """A sample's model inputs: its image loaded and processed with its prompt."""
     return adapter.prepare(load_rgb(sample.image_path), sample.prompt)
 
 
-def _generate_one(p: Plan, adapter: LlavaAdapter, sample: Sample, inputs: Future) -> tuple[str | None, Any]:
+def _generate_one(p: Plan, adapter: Adapter, sample: Sample, inputs: Future) -> tuple[str | None, Any]:
     """One sample: (error, generation). Per-sample failures are returned, not raised."""
     rt = p.cfg.runtime
     error, out = None, None

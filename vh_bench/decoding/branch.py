@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from vh_bench.models.llava import LlavaAdapter, ModelInputs
+from vh_bench.models.adapter import Adapter, ModelInputs
 
 
 class Branch:
@@ -17,7 +17,7 @@ class Branch:
 
     def __init__(
         self,
-        adapter: LlavaAdapter,
+        adapter: Adapter,
         inputs: ModelInputs,
         *,
         pixel_values: torch.Tensor | None = None,
@@ -35,6 +35,7 @@ class Branch:
             input_ids=self.inputs.input_ids,
             pixel_values=self._pixel_values if self._inputs_embeds is None else None,
             inputs_embeds=self._inputs_embeds,
+            vision_inputs=self.inputs.vision_inputs,
         )
         return self.adapter.last_logits(out)
 

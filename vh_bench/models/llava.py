@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from vh_bench import devices
 from vh_bench.decoding import attention
 from vh_bench.errors import ConfigError
 from vh_bench.models import templates
+from vh_bench.models.adapter import ModelInputs
 from vh_bench.models.cache_kwarg import cache_kwargs
 
 log = logging.getLogger(__name__)
@@ -27,24 +27,10 @@ log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-@dataclass
-class ModelInputs:
-    """A prepared sample: token ids with the image placeholder expanded, pixels, the image span."""
-
-    input_ids: torch.Tensor  # (1, L) long
-    pixel_values: torch.Tensor  # (1, 3, H, W) in the model dtype
-    image_start: int
-    n_image_tokens: int
-    prompt_text: str  # the rendered template, recorded in results
-    image: Image.Image | None = field(default=None, repr=False)  # for methods that crop (HALC)
-
-    @property
-    def length(self) -> int:
-        return int(self.input_ids.shape[1])
-
-
-def check_checkpoint(path_or_id: str) -> None:
-    """Fail before loading when a local directory is not a LLaVA checkpoint (one line, names the key)."""
+def check_checkpoint(path_or_id: str, model_types: tuple[str, ...] = ("llava",),
+                     example: str = "llava-hf/llava-1.5-7b-hf") -> None:
+    """Fail before loading when a local directory is not a checkpoint of `model_types` (one line, names
+    the key). Every family's adapter calls it with its own types (vh_bench/models/registry.py)."""
     p = Path(path_or_id)
     looks_local = p.is_absolute() or path_or_id.startswith((".", "~")) or p.exists()
     if not looks_local:
@@ -62,11 +48,13 @@ def check_checkpoint(path_or_id: str) -> None:
         model_type = json.loads(cfg.read_text()).get("model_type")
     except json.JSONDecodeError as exc:
         raise ConfigError("model.path", f"{cfg} is not valid JSON ({exc})") from exc
-    if model_type != "llava":
+    if model_type not in model_types:
+        from vh_bench.models.registry import family_of_type
+
+        other = family_of_type(model_type)
+        fix = f"set model.family={other.name}" if other else f"use a checkpoint such as {example}"
         raise ConfigError(
-            "model.path",
-            f"{p} is a {model_type!r} checkpoint, not 'llava'",
-            "use a llava-hf checkpoint such as llava-hf/llava-1.5-7b-hf",
+            "model.path", f"{p} is a {model_type!r} checkpoint, not {' or '.join(map(repr, model_types))}", fix
         )
     if not any(p.glob("*.safetensors")):
         pickles = sorted(p.glob("*.bin"))
@@ -123,7 +111,12 @@ def _transformers_version() -> str:
 
 
 class LlavaAdapter:
-    """Hugging Face `LlavaForConditionalGeneration` + `LlavaProcessor`, batch-1, no padding."""
+    """Hugging Face `LlavaForConditionalGeneration` + `LlavaProcessor`, batch-1, no padding.
+
+    The reference implementation of the adapter contract (vh_bench/models/adapter.py).
+    """
+
+    family = "llava"
 
     def __init__(
         self,
@@ -275,6 +268,16 @@ class LlavaAdapter:
         start, n = self.image_span(input_ids)
         return ModelInputs(input_ids, pixel_values, start, n, text, image)
 
+    def vision_pixels(self, images: list[Image.Image]) -> torch.Tensor:
+        """The vision tower's input for `images` (HALC's views), batched, in the model dtype."""
+        pv = self.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+        return pv.to(self.device, self.dtype)
+
+    @classmethod
+    def refuse(cls, method: Any) -> str | None:
+        """Planning, before loading: None, as LLaVA-1.5 serves every method (one run of 576 tokens)."""
+        return None
+
     def image_span(self, input_ids: torch.Tensor) -> tuple[int, int]:
         """(start, n_img) of the contiguous image-token run (methods.md §1.2); never hard-coded."""
         pos = torch.nonzero(input_ids[0] == self.image_token_id).flatten()
@@ -305,6 +308,7 @@ class LlavaAdapter:
         pixel_values: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         output_hidden_states: bool = False,
+        vision_inputs: dict[str, torch.Tensor] | None = None,
     ) -> Any:
         """One batch-1 (rows = beams/branches) forward with the rules of methods.md §1.1.
 
@@ -321,6 +325,7 @@ class LlavaAdapter:
             logits_to_keep=1,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            **(vision_inputs or {}) if pixel_values is not None else {},
             **cache_kwargs(self.model, cache),  # the installed version's name for it (cache_kwarg.py)
         )
         if cache.get_seq_length() <= before:

@@ -185,3 +185,8 @@ def save_checkpoint(target: Path, model, processor, spec: dict) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build_from_dict(spec: dict, cache_dir: str | os.PathLike) -> Path:
+    """The registry's builder (vh_bench/models/registry.py): `model.tiny` as a plain dict."""
+    return build_tiny_llava(TinySpec(**spec), cache_dir)

@@ -1,0 +1,60 @@
+"""Model families: the config's `model.family` → its adapter, its checkpoint type, its tiny builder.
+
+Torch-free at import (preflight validates `model.family` before torch loads); the adapter and the
+builder modules are imported only when a run loads its model.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vh_bench.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family behind the adapter contract (vh_bench/models/adapter.py)."""
+
+    name: str
+    model_types: tuple[str, ...]  # config.json `model_type` values this adapter loads
+    adapter: str  # "module:Class" implementing the contract, with a `load(path, **kw)` classmethod
+    tiny_builder: str  # "module:function(spec_dict, root) -> Path" of a random offline checkpoint
+    example_hub_id: str  # named in one-line errors
+
+    def adapter_class(self) -> Any:
+        return _resolve(self.adapter)
+
+    def build_tiny(self, spec: dict[str, Any], root: Path) -> Path:
+        return _resolve(self.tiny_builder)(spec, root)
+
+
+def _resolve(target: str) -> Any:
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+FAMILIES: dict[str, Family] = {
+    "llava": Family(
+        name="llava",
+        model_types=("llava",),
+        adapter="vh_bench.models.llava:LlavaAdapter",
+        tiny_builder="vh_bench.models.tiny:build_from_dict",
+        example_hub_id="llava-hf/llava-1.5-7b-hf",
+    ),
+}
+
+
+def family(name: str | None) -> Family:
+    """The family named by `model.family` (absent: llava, the configs written before families)."""
+    key = "llava" if name is None else str(name)
+    if key not in FAMILIES:
+        raise ConfigError("model.family", f"{key!r} is not one of {', '.join(sorted(FAMILIES))}")
+    return FAMILIES[key]
+
+
+def family_of_type(model_type: str | None) -> Family | None:
+    """The family whose adapter loads checkpoints of `model_type`, if any."""
+    return next((f for f in FAMILIES.values() if model_type in f.model_types), None)
