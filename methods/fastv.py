@@ -6,16 +6,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from vh_bench.decoding.method import Method
-from vh_bench.decoding.pruning import MODES, PruningStepper, image_pruning_stepper, round_half_up
+from vh_bench.decoding.pruning import PruningStepper, image_pruning_stepper, round_half_up
 from vh_bench.decoding.seeding import SampleSeeds
-from vh_bench.errors import ConfigError, is_int, is_number
+from methods.settings import check_fastv
+from vh_bench.errors import ConfigError
 from vh_bench.models.llava import LlavaAdapter, ModelInputs
 from vh_bench.records import GenConfig
-
-
-def check_mode(mode: str) -> None:
-    if mode not in MODES:
-        raise ConfigError("method.mode", f"{mode!r} is not one of {', '.join(MODES)}")
 
 
 @dataclass
@@ -29,13 +25,7 @@ class FastV(Method):
 
     def check(self, gen: GenConfig) -> None:
         super().check(gen)
-        if not is_int(self.k) or self.k < 1:
-            raise ConfigError("method.k", f"must be an integer >= 1, got {self.k!r}", "FastV ranks at layer k-1")
-        if not is_number(self.ratio) or not 0.0 <= float(self.ratio) < 1.0:
-            raise ConfigError(
-                "method.ratio", f"must be in [0, 1), got {self.ratio!r}", "the fraction of image tokens dropped"
-            )
-        check_mode(self.mode)
+        check_fastv(self)
 
     def n_keep(self, n_image: int) -> int:
         return round_half_up((1.0 - float(self.ratio)) * n_image)

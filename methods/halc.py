@@ -13,7 +13,6 @@ candidates), `halc_scorer` (BLIP).
 from __future__ import annotations
 
 import copy
-import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -32,20 +31,18 @@ from methods.halc_grounding import (
     Owlv2Detector,
     ground,
 )
-from methods.halc_scorer import SCORER_HUB_ID, SCORER_LABELS, SCORER_MODEL_TYPE, SCORERS, BlipScorer
+from methods.halc_scorer import SCORER_HUB_ID, SCORER_LABELS, SCORER_MODEL_TYPE, BlipScorer
+from methods.settings import check_halc
 from methods.halc_words import ADD_WORDS, EXEMPT_WORDS, NltkTagger, SpacyTagger, last_piece, object_test, word_start_table
 from vh_bench.decoding import attention, kv_cache
 from vh_bench.decoding.method import Method
 from vh_bench.decoding.seeding import SampleSeeds
 from vh_bench.decoding.timing import SampleTimer
-from vh_bench.errors import ConfigError, is_int, is_number
+from vh_bench.errors import ConfigError
 from vh_bench.models.auxiliary import check_aux_checkpoint, load_aux
 from vh_bench.models.llava import LlavaAdapter, ModelInputs
 from vh_bench.records import GenConfig, Generation
 
-DETECTORS = ("grounding_dino", "owlv2", "none")
-DIVERGENCES = ("halc", "jsd")
-TAGGERS = ("nltk", "spacy")
 LITE_HINT = "or method.detector=none for the labelled halc-lite fallback"
 
 
@@ -133,7 +130,7 @@ class HALC(Method):
                 f"halc runs its own BLIP-ranked search (method.beam_size), not {gen.strategy!r}",
                 "set generation.strategy=greedy",
             )
-        self._check_values()
+        check_halc(self)
         if not self.verify:
             return
         self._check_tagger()
@@ -148,42 +145,6 @@ class HALC(Method):
         check_aux_checkpoint(
             self.scorer_checkpoint, key="method.scorer_checkpoint", model_type=SCORER_MODEL_TYPE, hub_id=SCORER_HUB_ID
         )
-
-    def _check_values(self) -> None:
-        def need(ok: bool, key: str, problem: str) -> None:
-            if not ok:
-                raise ConfigError(f"method.{key}", problem)
-
-        need(self.detector in DETECTORS, "detector", f"{self.detector!r} is not one of {', '.join(DETECTORS)}")
-        need(self.scorer in SCORERS, "scorer", f"{self.scorer!r} is not one of {', '.join(SCORERS)}")
-        need(self.divergence in DIVERGENCES, "divergence", f"{self.divergence!r} is not halc or jsd")
-        need(self.tagger in TAGGERS, "tagger", f"{self.tagger!r} is not nltk or spacy")
-        # Types before ranges: `abc` or `2.5` must be one line naming the key, not a TypeError.
-        need(is_int(self.beam_size) and self.beam_size >= 1, "beam_size", f"must be an integer >= 1, got {self.beam_size!r}")
-        need(is_int(self.num_fov) and self.num_fov >= 2, "num_fov",
-             f"must be an integer >= 2 (views are contrasted in pairs), got {self.num_fov!r}")
-        n_pairs = math.comb(int(self.num_fov), 2)
-        need(is_int(self.num_pairs) and 1 <= self.num_pairs <= n_pairs, "num_pairs",
-             f"must be an integer in [1, {n_pairs}], got {self.num_pairs!r}")
-        need(is_number(self.expand_ratio) and self.expand_ratio > 0, "expand_ratio", f"must be > 0, got {self.expand_ratio!r}")
-        need(is_number(self.skip_rate) and 0.0 <= self.skip_rate <= 1.0, "skip_rate", f"must be in [0, 1], got {self.skip_rate!r}")
-        need(is_number(self.contrast_weight) and self.contrast_weight >= 0, "contrast_weight",
-             f"must be >= 0, got {self.contrast_weight!r}")
-        if self.box_threshold is not None:
-            need(is_number(self.box_threshold) and 0.0 <= self.box_threshold <= 1.0, "box_threshold",
-                 f"must be in [0, 1], got {self.box_threshold!r}")
-        need(is_number(self.text_threshold) and 0.0 <= self.text_threshold <= 1.0, "text_threshold",
-             f"must be in [0, 1], got {self.text_threshold!r}")
-        for key in ("max_boxes", "view_cache_size", "min_committed_before_delete"):
-            need(is_int(getattr(self, key)) and getattr(self, key) >= 0, key, f"must be an integer >= 0, got {getattr(self, key)!r}")
-        b = self.default_box
-        need(
-            isinstance(b, (list, tuple)) and len(b) == 4 and all(is_number(x) for x in b)
-            and 0 <= b[0] < b[2] <= 1 and 0 <= b[1] < b[3] <= 1,
-            "default_box",
-            f"{b} is not [x0, y0, x1, y1] with 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1",
-        )
-        self.dola.check()
 
     def _check_tagger(self) -> None:
         if self._tagger_obj is not None:

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import torch
 
 from vh_bench.decoding.contrast import plausibility_cutoff
-from vh_bench.errors import ConfigError, is_number
+from methods.settings import check_dola
+from vh_bench.errors import ConfigError
 
 
-AFTER_REPLACE = ("reselect", "reuse")
 
 
 @dataclass
@@ -32,16 +32,7 @@ class DolaConfig:
     after_replace: str = "reselect"
 
     def check(self) -> None:
-        pl = self.premature_layers
-        if isinstance(pl, str):
-            if pl != "even":
-                raise ConfigError("method.dola.premature_layers", f"{pl!r} is not 'even' or a list of layer indices")
-        elif not pl or not all(isinstance(i, int) and not isinstance(i, bool) for i in pl):
-            raise ConfigError("method.dola.premature_layers", f"{pl!r} must be 'even' or a non-empty list of ints")
-        if self.after_replace not in AFTER_REPLACE:
-            raise ConfigError("method.dola.after_replace", f"{self.after_replace!r} is not one of {', '.join(AFTER_REPLACE)}")
-        if not is_number(self.relative_top) or not 0.0 <= self.relative_top <= 1.0:
-            raise ConfigError("method.dola.relative_top", f"must be in [0, 1] (0 disables), got {self.relative_top!r}")
+        check_dola(self)
 
 
 def premature_indices(spec: str | Sequence[int], n_layers: int) -> list[int]:

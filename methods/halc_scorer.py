@@ -15,11 +15,11 @@ from typing import Any
 import torch
 from PIL import Image
 
+from methods.settings import SCORERS
 from vh_bench.models.cache_kwarg import cache_kwargs
 
 SCORER_HUB_ID = "Salesforce/blip-itm-large-coco"
 SCORER_MODEL_TYPE = "blip"
-SCORERS = ("blip_itm", "blip_itc")
 # What each scorer is, for results.json (`implementation.halc_scorer`). Neither is HALC's score: its
 # code ranks with `BlipModel.logits_per_image` loaded from `Salesforce/blip-image-captioning-large`,
 # a captioning checkpoint (vision tower + text *decoder*) that holds none of BlipModel's text encoder

@@ -19,14 +19,15 @@ from typing import Any
 
 from methods.vasparse import VASparse, VASparseStepper
 from vh_bench.decoding.method import Method
-from vh_bench.decoding.pruning import MODES, PruningStepper, image_pruning_stepper, round_half_up
+from vh_bench.decoding.pruning import PruningStepper, image_pruning_stepper, round_half_up
 from vh_bench.decoding.seeding import SampleSeeds
-from vh_bench.errors import ConfigError, is_int, is_number
+from methods.settings import TOPK_DECODE, check_topk
+from vh_bench.errors import ConfigError
 from vh_bench.models.llava import LlavaAdapter, ModelInputs
 from vh_bench.records import GenConfig
 
 
-DECODE = "decode"
+DECODE = TOPK_DECODE
 
 
 @dataclass
@@ -38,12 +39,7 @@ class TopK(Method):
 
     def check(self, gen: GenConfig) -> None:
         super().check(gen)
-        if not is_int(self.layer):
-            raise ConfigError("method.layer", f"must be an integer layer index, got {self.layer!r}")
-        if not is_number(self.keep_ratio) or not 0.0 < float(self.keep_ratio) <= 1.0:
-            raise ConfigError("method.keep_ratio", f"must be in (0, 1], got {self.keep_ratio!r}")
-        if self.mode not in (*MODES, DECODE):
-            raise ConfigError("method.mode", f"{self.mode!r} is not one of {', '.join((*MODES, DECODE))}")
+        check_topk(self)
 
     def n_keep(self, n_image: int) -> int:
         return round_half_up(float(self.keep_ratio) * n_image)

@@ -11,29 +11,24 @@ The authors' released code implements neither VATS nor SAP (§6.6); this is the 
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
 
 from methods.vasparse_attention import Layout, VASparseLayer, VASparseState, VATSParams
-from methods.vasparse_fused import KERNELS
 from methods.vasparse_fused import load_kernel
 from methods.vasparse_fused import resolve as resolve_kernel
-from methods.vasparse_select import NORMALIZE, SCOPES
+from methods.settings import check_vasparse
 from methods.vasparse_svcd import EmbeddingContrast, SparseContrastBranch, draw_image_mask
 from vh_bench.decoding.attention import AttentionController, ControlledStepper
 from vh_bench.decoding.branch import Branch
 from vh_bench.decoding.contrast import contrast_scores, plausibility_cutoff
 from vh_bench.decoding.method import Method
 from vh_bench.decoding.seeding import SampleSeeds
-from vh_bench.errors import ConfigError, is_int
+from vh_bench.errors import ConfigError
 from vh_bench.models.llava import LlavaAdapter, ModelInputs
 from vh_bench.records import GenConfig
-
-MERGES = ("dpc_knn", "none")
-
 
 @dataclass
 class VATSConfig:
@@ -73,17 +68,6 @@ def _block(cls: type, value: Any, key: str) -> Any:
     if unknown:
         raise ConfigError(f"{key}.{unknown[0]}", "is not a VASparse key", f"known: {', '.join(sorted(known))}")
     return cls(**value)
-
-
-def _number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _check_layers(value: Any, key: str) -> None:
-    if value == "all":
-        return
-    if not isinstance(value, (list, tuple)) or not value or not all(is_int(v) for v in value):
-        raise ConfigError(key, f"must be 'all' or a non-empty list of layer indices, got {value!r}")
 
 
 def resolve_layers(value: Any, n_layers: int, key: str) -> list[int]:
@@ -272,38 +256,7 @@ class VASparse(Method):
 
     def check(self, gen: GenConfig) -> None:
         super().check(gen)
-        for key in ("lam", "alpha", "beta"):
-            if not _number(getattr(self, key)) or getattr(self, key) < 0:
-                raise ConfigError(f"method.{key}", f"must be a number >= 0, got {getattr(self, key)!r}")
-        if not _number(self.sparsity) or not 0 < self.sparsity <= 1:
-            raise ConfigError("method.sparsity", f"must be in (0, 1] (1 keeps every key), got {self.sparsity!r}")
-        v, s, p = self.vats, self.svcd, self.sap
-        for key, value in (("vats.enabled", v.enabled), ("svcd.enabled", s.enabled), ("sap.enabled", p.enabled),
-                           ("svcd.final_norm", s.final_norm), ("record_extras", self.record_extras)):  # fmt: skip
-            if not isinstance(value, bool):
-                raise ConfigError(f"method.{key}", f"must be true or false, got {value!r}")
-        if self.kernel not in KERNELS:
-            raise ConfigError("method.kernel", f"{self.kernel!r} is not one of {', '.join(KERNELS)}")
-        if v.scope not in SCOPES:
-            raise ConfigError("method.vats.scope", f"{v.scope!r} is not one of {', '.join(SCOPES)}")
-        if v.normalize not in NORMALIZE:
-            raise ConfigError("method.vats.normalize", f"{v.normalize!r} is not one of {', '.join(NORMALIZE)}")
-        if v.merge not in MERGES:
-            raise ConfigError("method.vats.merge", f"{v.merge!r} is not one of {', '.join(MERGES)}")
-        if not _number(v.cluster_ratio) or not 0 < v.cluster_ratio <= 1:
-            raise ConfigError("method.vats.cluster_ratio", f"must be in (0, 1], got {v.cluster_ratio!r}")
-        if not is_int(v.knn_k) or v.knn_k < 1:
-            raise ConfigError("method.vats.knn_k", f"must be an integer >= 1, got {v.knn_k!r}")
-        if not is_int(v.saliency_layer):
-            raise ConfigError("method.vats.saliency_layer", f"must be a layer index, got {v.saliency_layer!r}")
-        _check_layers(v.layers, "method.vats.layers")
-        _check_layers(p.layers, "method.sap.layers")
-        if not _number(s.mask_ratio) or not 0 <= s.mask_ratio <= 1:
-            raise ConfigError("method.svcd.mask_ratio", f"must be in [0, 1], got {s.mask_ratio!r}")
-        if not is_int(s.stop_layer) or s.stop_layer < 0:
-            raise ConfigError("method.svcd.stop_layer", f"must be an integer >= 0, got {s.stop_layer!r}")
-        if not _number(s.plausibility) or not 0 <= s.plausibility <= 1:
-            raise ConfigError("method.svcd.plausibility", f"must be in [0, 1] (0 disables the cutoff), got {s.plausibility!r}")
+        check_vasparse(self)
 
     def check_runtime(self, device: str, dtype: torch.dtype) -> None:
         # `kernel=cpu` off a CPU or float32 fails here; a kernel that must be built is built now.

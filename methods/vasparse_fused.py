@@ -32,11 +32,12 @@ from typing import Any
 
 import torch
 
+from methods.settings import KERNELS
+
 from vh_bench.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-KERNELS = ("auto", "cpu", "torch", "triton")
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 SOURCE = Path(__file__).with_name("kernels") / "vasparse_decode.cpp"
 # Vector extensions per torch CPU capability; FMA contraction stays off (-ffp-contract=off) so every

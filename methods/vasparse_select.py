@@ -11,8 +11,8 @@ import math
 
 import torch
 
-SCOPES = ("generated", "text", "all")
-NORMALIZE = ("sum", "none")
+from methods.settings import NORMALIZE, SCOPES
+
 
 
 def candidate_positions(scope: str, n_keys: int, prompt_len: int, image_start: int, n_image: int) -> torch.Tensor:

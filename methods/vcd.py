@@ -17,11 +17,10 @@ from vh_bench.decoding.branch import Branch
 from vh_bench.decoding.contrast import contrast_scores, plausibility_cutoff
 from vh_bench.decoding.method import Method
 from vh_bench.decoding.seeding import SampleSeeds
-from vh_bench.errors import ConfigError, is_int, is_number
+from methods.settings import NOISE_STEPS, check_vcd
 from vh_bench.models.llava import LlavaAdapter, ModelInputs
 from vh_bench.records import GenConfig
 
-NOISE_STEPS = 1000
 
 
 @lru_cache(maxsize=None)
@@ -129,14 +128,7 @@ class VCD(Method):
 
     def check(self, gen: GenConfig) -> None:
         super().check(gen)
-        if not is_number(self.alpha) or self.alpha < 0:
-            raise ConfigError("method.alpha", f"must be a number >= 0, got {self.alpha!r}")
-        if not is_number(self.beta) or not 0 <= self.beta <= 1:
-            raise ConfigError("method.beta", f"must be in [0, 1] (0 disables the cutoff), got {self.beta!r}")
-        if not is_int(self.noise_step) or not 0 <= self.noise_step < NOISE_STEPS:
-            raise ConfigError("method.noise_step", f"must be an integer in [0, {NOISE_STEPS - 1}], got {self.noise_step!r}")
-        if not isinstance(self.batched, bool):
-            raise ConfigError("method.batched", f"must be true or false, got {self.batched!r}")
+        check_vcd(self)
 
     def stepper(self, adapter: LlavaAdapter, inputs: ModelInputs, seeds: SampleSeeds) -> VCDStepper:
         return VCDStepper(adapter, inputs, seeds, self)

@@ -46,6 +46,16 @@ def _probe(args: list[str], env: dict[str, str] | None = None) -> tuple[dict, st
         (["runtime.shard.index=3", "runtime.shard.count=2"], "runtime.shard"),
         (["dataset=coco", "paths.coco_root=/nonexistent/coco"], "dataset.image_dir"),
         (["model=llava-1.5-7b", "model.path=/nonexistent/llava"], "model.path"),
+        (["model.family=blip9"], "model.family"),
+        # Every method's value check runs here too (methods/settings.py), not after torch loads.
+        (["method=vasparse", "method.lam=abc"], "method.lam"),
+        (["method=vasparse", "method.vats.scope=everything"], "method.vats.scope"),
+        (["method=vasparse", "method.svcd.stop_layer=-1"], "method.svcd.stop_layer"),
+        (["method=fastv", "method.ratio=1.5"], "method.ratio"),
+        (["method=topk", "method.mode=x"], "method.mode"),
+        (["method=vcd", "method.noise_step=1000"], "method.noise_step"),
+        (["method=halc", "method.num_pairs=9"], "method.num_pairs"),
+        (["method=halc", "method.dola.relative_top=2"], "method.dola.relative_top"),
     ],
 )
 def test_bad_values_fail_before_torch_is_imported(tmp_path: Path, overrides: list[str], key: str) -> None:
@@ -72,17 +82,37 @@ def test_hub_id_not_cached_offline_is_one_line_naming_model_path(tmp_path: Path)
     out, err = _probe(["model=llava-1.5-7b", "model.path=someone/not-cached", results_override(tmp_path)], env)
     assert out == {"code": 2, "torch": False, "transformers": False}, err[-2000:]
     last = err.strip().splitlines()[-1]
-    assert last.startswith("vh_bench: error: config `model.path`: 'someone/not-cached' is not in the Hugging Face cache")
-    assert "HF_HUB_OFFLINE=1" in last and "Traceback" not in err
+    assert last.startswith("vh_bench: error: config `model.path`: hub id 'someone/not-cached' is not in the local Hugging Face cache")
+    assert "HF_HUB_OFFLINE" in last and "Traceback" not in err
     assert not (tmp_path / "runs").exists()  # no run directory left behind as `failed`
 
     # The same id, once in the cache, passes the check (and the run goes on to import torch).
     _fake_cached_model(cache, "someone/not-cached")
     check = subprocess.run(
-        [sys.executable, "-c", "from vh_bench.preflight import check_hub_id; check_hub_id('someone/not-cached'); print('ok')"],
+        [sys.executable, "-c", "from vh_bench.models.hub import check_hub_id; check_hub_id('someone/not-cached'); print('ok')"],
         capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", **env}, timeout=120,
     )  # fmt: skip
     assert check.stdout.strip() == "ok", check.stderr[-2000:]
+
+
+def test_the_preflight_and_the_method_give_the_same_line(tmp_path: Path) -> None:
+    """One check, two callers: the dataclass's `check` (after torch) says what the preflight says."""
+    from methods.vasparse import VASparse
+    from vh_bench.errors import ConfigError
+    from vh_bench.records import GenConfig
+
+    out, err = _probe(["method=vasparse", "method.sparsity=0", results_override(tmp_path)])
+    assert out["code"] == 2 and not out["torch"]
+    with pytest.raises(ConfigError) as exc:
+        VASparse(sparsity=0).check(GenConfig())
+    assert err.strip().splitlines()[-1] == f"vh_bench: error: {exc.value}"
+
+
+def test_pruning_modes_are_the_pruning_layers() -> None:
+    from methods.settings import PRUNING_MODES
+    from vh_bench.decoding.pruning import MODES
+
+    assert PRUNING_MODES == MODES
 
 
 def test_dtype_names_are_the_adapters() -> None:

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from vh_bench.config import gen_config
 from vh_bench.errors import ConfigError
@@ -54,25 +54,6 @@ def looks_local(path_or_id: str) -> bool:
     return p.is_absolute() or path_or_id.startswith((".", "~")) or p.exists()
 
 
-def check_hub_id(repo_id: str, key: str = "model.path") -> None:
-    """With the hub off (HF_HUB_OFFLINE), a hub id must already be in the local cache: say so in one
-    line instead of letting from_pretrained fail deep inside transformers after the run has begun."""
-    from huggingface_hub import constants, try_to_load_from_cache
-
-    if not constants.HF_HUB_OFFLINE:
-        return  # from_pretrained may download it
-    try:
-        found = try_to_load_from_cache(repo_id, "config.json")
-    except ValueError as exc:  # not a valid repo id either
-        raise ConfigError(key, f"{repo_id!r} is neither a local directory nor a hub id ({exc})".splitlines()[0]) from None
-    if not isinstance(found, str):
-        raise ConfigError(
-            key,
-            f"{repo_id!r} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE=1 forbids downloading it",
-            "download it first (huggingface-cli download ID), unset HF_HUB_OFFLINE, or set it to a local checkpoint directory",
-        )
-
-
 def check_model(model: DictConfig) -> None:
     from vh_bench.models.registry import family
 
@@ -83,12 +64,45 @@ def check_model(model: DictConfig) -> None:
         raise ConfigError("model.path", "is empty", "a hub id such as llava-hf/llava-1.5-7b-hf or a local directory")
     path = str(model.path)
     if not looks_local(path):
+        from vh_bench.models.hub import check_hub_id  # torch-free: huggingface_hub only
+
         check_hub_id(path)
     elif not Path(path).expanduser().is_dir():
         # The common case of models.llava.check_checkpoint, which also checks the directory's
         # contents once transformers is imported.
         raise ConfigError("model.path", f"{Path(path).expanduser()} does not exist",
                           "point it at a LLaVA-1.5 checkpoint directory or a hub id")  # fmt: skip
+
+
+class _Attrs:
+    """A plain config mapping read by attribute, as the methods' checks read their dataclasses."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self._data = data
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            value = self._data[key]
+        except KeyError:
+            raise AttributeError(key) from None
+        return _Attrs(value) if isinstance(value, dict) else value
+
+
+def check_method(method: DictConfig) -> None:
+    """`method.*` values through the method's own check (methods/settings.py), before torch loads.
+
+    A key the config leaves to the dataclass default is skipped here (the defaults are valid, and
+    the full check runs again when the method is built).
+    """
+    from methods.settings import CHECKS
+
+    check = CHECKS.get(str(method.get("_target_")))
+    if check is None:
+        return
+    try:
+        check(_Attrs(OmegaConf.to_container(method, resolve=True)))  # type: ignore[arg-type]
+    except AttributeError:
+        return  # a key only the dataclass knows
 
 
 def build_dataset(cfg: DictConfig) -> Any:
@@ -107,6 +121,7 @@ def preflight(cfg: DictConfig) -> None:
     gen_config(cfg)
     check_runtime(cfg.runtime)
     check_model(cfg.model)
+    check_method(cfg.method)
     dataset = build_dataset(cfg)
     if getattr(dataset, "max_new_tokens", None) is not None and int(dataset.max_new_tokens) < 1:
         raise ConfigError("dataset.max_new_tokens", f"must be >= 1, got {dataset.max_new_tokens}")
