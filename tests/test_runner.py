@@ -38,15 +38,19 @@ def test_run_writes_lines_and_results(tmp_path: Path) -> None:
     assert {p.name for p in run_dir.iterdir()} >= {"config.yaml", "manifest.json", "samples.jsonl", "results.json"}
     lines = [json.loads(x) for x in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert len(lines) == 3
+    tiny = res["config"]["model"]["tiny"]
+    n_img = (tiny["image_size"] // tiny["patch_size"]) ** 2  # CLIP's patches, its CLS dropped
     for line in lines:
         assert LINE_KEYS <= set(line)
         assert line["error"] is None
         assert 1 <= line["n_new_tokens"] <= 6 and len(line["token_ids"]) == line["n_new_tokens"]
         assert line["t_prefill_s"] > 0 and line["t_decode_s"] > 0
+        assert line["n_image_tokens"] == n_img
     assert [x["warmup"] for x in lines] == [True, False, False]
     stored = json.loads((run_dir / "results.json").read_text())
     assert stored["fingerprint"] == res["fingerprint"] and run_dir.name == res["fingerprint"][:8]
     assert stored["complete"] is True and stored["n_done"] == 3 and stored["n_errors"] == 0
+    assert stored["model_family"] == "llava" and stored["visual_tokens"] == {"min": n_img, "mean": n_img, "max": n_img}
     assert stored["speed"]["n_timed"] == 2  # the warm-up sample is excluded
     mem = stored["run"]["memory"]  # the KV caches' spare capacity is reported apart from what they use
     assert mem["peak_rss_bytes"] > 0 and 0 < mem["kv_cache_used_bytes"] < mem["kv_cache_reserved_bytes"]

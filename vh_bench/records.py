@@ -46,4 +46,5 @@ class Generation:
     t_prefill_s: float
     t_decode_s: float
     extras: dict[str, Any] = field(default_factory=dict)
+    n_image_tokens: int | None = None  # the visual tokens in this sample's prompt (set by the runner)
     kv_cache: Any = None  # vh_bench.decoding.kv_cache.KVBytes at the end of the generation

@@ -217,6 +217,8 @@ def _sample_line(
             t_prefill_s=gen_out.t_prefill_s,
             t_decode_s=gen_out.t_decode_s,
         )
+        if gen_out.n_image_tokens is not None:
+            row["n_image_tokens"] = gen_out.n_image_tokens
         if gen_out.extras:
             row["extras"] = gen_out.extras
     return row
@@ -300,7 +302,10 @@ def _generate_one(p: Plan, adapter: Adapter, sample: Sample, inputs: Future) -> 
     rt = p.cfg.runtime
     error, out = None, None
     try:
-        out = p.method.generate(adapter, inputs.result(), p.gen, SampleSeeds(int(rt.seed), sample.sample_id))
+        ins = inputs.result()
+        out = p.method.generate(adapter, ins, p.gen, SampleSeeds(int(rt.seed), sample.sample_id))
+        # Per sample: LLaVA-NeXT's and Qwen2.5-VL's counts depend on the image's size.
+        out.n_image_tokens = ins.n_image_tokens
     except SampleError as exc:
         error = str(exc)
     except torch.cuda.OutOfMemoryError as exc:
@@ -309,6 +314,14 @@ def _generate_one(p: Plan, adapter: Adapter, sample: Sample, inputs: Future) -> 
         torch.cuda.empty_cache()
         error = f"CUDA out of memory: {str(exc).splitlines()[0]}"
     return error, out
+
+
+def visual_token_counts(rows: list[dict[str, Any]]) -> dict[str, float] | None:
+    """Min / mean / max visual tokens per prompt over the generated samples (None: not recorded)."""
+    counts = [int(r["n_image_tokens"]) for r in rows if not r.get("error") and r.get("n_image_tokens") is not None]
+    if not counts:
+        return None
+    return {"min": min(counts), "mean": round(sum(counts) / len(counts), 2), "max": max(counts)}
 
 
 def score(
@@ -345,6 +358,8 @@ def _score_locked(
         "fingerprint": p.fingerprint,
         "run_dir": str(p.run_dir),
         "model": str(cfg.model.name),
+        "model_family": registry.family(cfg.model.get("family")).name,
+        "visual_tokens": visual_token_counts(rows),
         "dataset": p.dataset.name,
         "task": p.dataset.task,
         "method": p.method.name,
