@@ -309,7 +309,13 @@ class HalcSearch:
     ) -> int:
         if not isinstance(ids, torch.Tensor):
             ids = torch.tensor([ids], dtype=torch.long, device=self.adapter.device)
-        out = self.adapter.forward(cache=beam.cache, input_ids=ids, pixel_values=pixel_values, output_hidden_states=True)
+        out = self.adapter.forward(
+            cache=beam.cache,
+            input_ids=ids,
+            pixel_values=pixel_values,
+            output_hidden_states=True,
+            vision_inputs=self.inputs.vision_inputs,  # read only with pixel_values (the prefill)
+        )
         if reuse and beam.premature is not None:
             return self.dola.token_at(out, beam.premature)
         token = self.dola.token(out)

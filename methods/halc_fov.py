@@ -131,11 +131,11 @@ class ViewEncoder:
         self.adapter, self.inputs = adapter, inputs
         self.cache_size = int(cache_size)
         self._caches: OrderedDict[tuple, _ViewCache] = OrderedDict()
-        self._pixels: dict[tuple, torch.Tensor] = {}
+        self._pixels: dict[tuple, tuple[torch.Tensor, dict]] = {}
         self.n_forwards = 0
         self.n_fed = 0  # token-rows fed (prompt included), a cost diagnostic
 
-    def pixel_values(self, boxes: Sequence[Box]) -> torch.Tensor:
+    def pixel_values(self, boxes: Sequence[Box]) -> tuple[torch.Tensor, dict]:
         """Crops through the model's image processor as full images; cached per box set."""
         key = tuple(tuple(b) for b in boxes)
         if key not in self._pixels:
@@ -143,13 +143,16 @@ class ViewEncoder:
             if image is None:
                 raise ValueError("HALC needs ModelInputs.image (the original PIL image) to crop views")
             crops = crop_views(image, boxes)
-            self._pixels[key] = self.adapter.vision_pixels(crops)
+            # Each view fills the prompt's image span (a family with image-dependent token counts
+            # sizes the crops so that they do).
+            self._pixels[key] = self.adapter.vision_batch(crops, self.inputs)
         return self._pixels[key]
 
-    def _forward(self, cache: Any, ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
+    def _forward(self, cache: Any, ids: torch.Tensor, pixels: tuple[torch.Tensor, dict] | None) -> torch.Tensor:
         self.n_forwards += 1
         self.n_fed += int(ids.numel())
-        out = self.adapter.forward(cache=cache, input_ids=ids, pixel_values=pixel_values)
+        pixel_values, vision_inputs = pixels if pixels is not None else (None, None)
+        out = self.adapter.forward(cache=cache, input_ids=ids, pixel_values=pixel_values, vision_inputs=vision_inputs)
         return self.adapter.last_logits(out)
 
     def logits(self, boxes: Sequence[Box], context: Sequence[int]) -> torch.Tensor:

@@ -139,7 +139,8 @@ def test_batched_views_equal_separate_forwards(tiny_adapter, inputs) -> None:
     with torch.inference_mode():
         enc = ViewEncoder(tiny_adapter, inputs, cache_size=0)
         batched = enc.logits(boxes, context)
-        pv = enc.pixel_values(boxes)
+        pv, extra = enc.pixel_values(boxes)
+        assert extra == {}  # LLaVA-1.5's vision forward needs nothing beside the pixels
         assert pv.shape[0] == 4 and not torch.equal(pv[0], pv[3])
         ids = torch.cat([inputs.input_ids, torch.tensor([context])], dim=1)
         for v in range(4):

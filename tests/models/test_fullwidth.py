@@ -54,7 +54,7 @@ def test_loads_with_the_real_widths(shaped):
 
 
 def test_the_24_layer_tower_gives_576_image_tokens(shaped, shaped_inputs):
-    assert shaped_inputs.n_image_tokens == 576 == shaped.expected_image_tokens
+    assert shaped_inputs.n_image_tokens == 576 == shaped.expected_image_tokens()
     with torch.inference_mode():
         feats = shaped.image_features(shaped_inputs.pixel_values)
     assert tuple(feats.shape) == (576, 4096)

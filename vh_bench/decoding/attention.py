@@ -441,12 +441,14 @@ def _prune_hook(controller: AttentionController, spec: SequencePrune, layer_idx:
                 args = (args[0].index_select(1, keep), *args[1:])
             else:
                 kwargs["hidden_states"] = kwargs["hidden_states"].index_select(1, keep)
+        # The sequence is the second-last dim of cos/sin and the last of position_ids, whatever comes
+        # before: (rows, L, d) and (rows, L) for Llama, (3, rows, L, d) and (3, rows, L) for M-RoPE.
         pe = kwargs.get("position_embeddings")
         if pe is not None:
-            kwargs["position_embeddings"] = tuple(t.index_select(1, keep) for t in pe)
+            kwargs["position_embeddings"] = tuple(t.index_select(t.dim() - 2, keep) for t in pe)
         pos = kwargs.get("position_ids")
         if pos is not None:
-            kwargs["position_ids"] = pos.index_select(1, keep)
+            kwargs["position_ids"] = pos.index_select(pos.dim() - 1, keep)
         mask = kwargs.get("attention_mask")
         if isinstance(mask, torch.Tensor) and mask.dim() == 4:
             kwargs["attention_mask"] = mask.index_select(2, keep).index_select(3, keep)

@@ -117,6 +117,8 @@ class LlavaAdapter:
     """
 
     family = "llava"
+    model_types: tuple[str, ...] = ("llava",)
+    example_hub_id = "llava-hf/llava-1.5-7b-hf"
 
     def __init__(
         self,
@@ -139,10 +141,6 @@ class LlavaAdapter:
         eos = model.generation_config.eos_token_id
         self.eos_token_id = int(eos[0] if isinstance(eos, (list, tuple)) else eos)
         self.unk_token_id = self.tokenizer.unk_token_id
-        vcfg = cfg.vision_config
-        self.expected_image_tokens = (vcfg.image_size // vcfg.patch_size) ** 2
-        if cfg.vision_feature_select_strategy != "default":
-            self.expected_image_tokens += 1
         # Resolved once (methods.md §1.1); transformers 4.4x nested these differently.
         inner = model.model
         self.language_model = inner.language_model
@@ -178,7 +176,7 @@ class LlavaAdapter:
         come from the methods, not kernels); `stock_attention=True` instead gives transformers' own
         `attn_implementation` with no attention control, for reference runs in tests only.
         """
-        from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration
+        from transformers import AutoConfig, AutoProcessor
 
         if dtype not in DTYPES:
             raise ConfigError("runtime.dtype", f"{dtype!r} is not one of {sorted(DTYPES)}")
@@ -186,7 +184,7 @@ class LlavaAdapter:
             raise ConfigError(
                 "runtime.attn_backend", f"{attn_implementation!r} is not one of {', '.join(attention.BACKENDS)}"
             )
-        check_checkpoint(path)
+        check_checkpoint(path, cls.model_types, cls.example_hub_id)
         templates.resolve_template(prompt_template)
         try:
             # A broken tokenizer or processor file is the checkpoint's fault too: one line.
@@ -195,12 +193,12 @@ class LlavaAdapter:
         except (OSError, ValueError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ConfigError("model.path", f"cannot load the processor from {path}: {first}") from exc
-        check_processor(processor, auto_config, path)  # before the weights: old snapshots (issue 19)
+        cls.check_processor(processor, auto_config, path)  # before the weights: old snapshots (issue 19)
         # Dict form: only the language model gets the harness's attention; the vision tower keeps
         # sdpa (its attention modules have no layer_idx). methods.md §1.6.
         text_attn = attn_implementation if stock_attention else attention.ATTN_NAME
         try:
-            model = LlavaForConditionalGeneration.from_pretrained(
+            model = cls.model_class().from_pretrained(
                 path,
                 dtype=DTYPES[dtype],
                 attn_implementation={"text_config": text_attn, "vision_config": "sdpa"},
@@ -217,6 +215,17 @@ class LlavaAdapter:
         model.eval()
         model.requires_grad_(False)
         return cls(model, processor, prompt_template=prompt_template, name=name, attn_backend=attn_implementation)
+
+    @staticmethod
+    def model_class() -> Any:
+        """The transformers class `load` calls `from_pretrained` on (a family's subclass overrides)."""
+        from transformers import LlavaForConditionalGeneration
+
+        return LlavaForConditionalGeneration
+
+    @staticmethod
+    def check_processor(processor: Any, config: Any, path: str) -> None:
+        check_processor(processor, config, path)
 
     @property
     def device(self) -> torch.device:
@@ -265,31 +274,52 @@ class LlavaAdapter:
         enc = self.processor(images=image, text=text, return_tensors="pt")
         input_ids = enc["input_ids"].to(self.device)
         pixel_values = enc["pixel_values"].to(self.device, self.dtype)
-        start, n = self.image_span(input_ids)
-        return ModelInputs(input_ids, pixel_values, start, n, text, image)
+        vision_inputs = {k: enc[k].to(self.device) for k in self.vision_input_names}
+        start, n = self.image_span(input_ids, self.expected_image_tokens(image))
+        return ModelInputs(input_ids, pixel_values, start, n, text, image, vision_inputs)
+
+    # Keys of the processor's output that the vision forward needs beside pixel_values.
+    vision_input_names: tuple[str, ...] = ()
+
+    def expected_image_tokens(self, image: Image.Image | None = None) -> int:
+        """How many visual tokens the vision side yields for `image` (checked against the prompt)."""
+        cfg = self.config
+        n = (cfg.vision_config.image_size // cfg.vision_config.patch_size) ** 2
+        return n + (cfg.vision_feature_select_strategy != "default")
 
     def vision_pixels(self, images: list[Image.Image]) -> torch.Tensor:
         """The vision tower's input for `images` (HALC's views), batched, in the model dtype."""
         pv = self.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
         return pv.to(self.device, self.dtype)
 
+    def vision_batch(self, images: list[Image.Image], like: ModelInputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """`images` as a batch of rows that each fill `like`'s image span (HALC's views): pixel
+        values and the vision inputs to pass with them. LLaVA-1.5: every image gives 576 tokens."""
+        return self.vision_pixels(images), {}
+
+    def vision_kwargs(self, pixel_values: torch.Tensor, vision_inputs: dict[str, torch.Tensor] | None) -> dict:
+        """The extra vision keywords for a forward of `pixel_values`, broadcast to its images (VCD's
+        batched pair stacks two images of one sample)."""
+        return dict(vision_inputs or {})
+
     @classmethod
     def refuse(cls, method: Any) -> str | None:
         """Planning, before loading: None, as LLaVA-1.5 serves every method (one run of 576 tokens)."""
         return None
 
-    def image_span(self, input_ids: torch.Tensor) -> tuple[int, int]:
-        """(start, n_img) of the contiguous image-token run (methods.md §1.2); never hard-coded."""
+    def image_span(self, input_ids: torch.Tensor, expected: int | None = None) -> tuple[int, int]:
+        """(start, n_img) of the contiguous image-token run (methods.md §1.2); never hard-coded.
+        `expected`: the count the vision side yields (default: `expected_image_tokens()`)."""
+        expected = self.expected_image_tokens() if expected is None else expected
         pos = torch.nonzero(input_ids[0] == self.image_token_id).flatten()
         if pos.numel() == 0:
             raise ConfigError("model.prompt_template", "the rendered prompt holds no image token")
         start, n = int(pos[0]), int(pos.numel())
         if int(pos[-1]) != start + n - 1:
             raise ConfigError("model.prompt_template", "image tokens are not contiguous in the rendered prompt")
-        if n != self.expected_image_tokens:
+        if n != expected:
             raise ConfigError(
-                "model.prompt_template",
-                f"{n} image tokens in the prompt but the vision tower yields {self.expected_image_tokens}",
+                "model.prompt_template", f"{n} image tokens in the prompt but the vision tower yields {expected}"
             )
         return start, n
 
@@ -325,7 +355,7 @@ class LlavaAdapter:
             logits_to_keep=1,
             output_hidden_states=output_hidden_states,
             return_dict=True,
-            **(vision_inputs or {}) if pixel_values is not None else {},
+            **(self.vision_kwargs(pixel_values, vision_inputs) if pixel_values is not None else {}),
             **cache_kwargs(self.model, cache),  # the installed version's name for it (cache_kwarg.py)
         )
         if cache.get_seq_length() <= before:
@@ -340,13 +370,16 @@ class LlavaAdapter:
         """(rows, V) fp32: all method arithmetic on logits is fp32 (methods.md §0)."""
         return out.logits[:, -1, :].float()
 
-    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def image_features(
+        self, pixel_values: torch.Tensor, vision_inputs: dict[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         """Projected image features (n_img, hidden) with the config's layer/strategy passed explicitly."""
         cfg = self.config
         feats = self.model.model.get_image_features(
             pixel_values=pixel_values,
             vision_feature_layer=cfg.vision_feature_layer,
             vision_feature_select_strategy=cfg.vision_feature_select_strategy,
+            **self.vision_kwargs(pixel_values, vision_inputs),
         )
         if hasattr(feats, "pooler_output"):  # transformers 5 returns a model output
             feats = feats.pooler_output
@@ -357,7 +390,7 @@ class LlavaAdapter:
     def build_inputs_embeds(self, inputs: ModelInputs, pixel_values: torch.Tensor | None = None) -> torch.Tensor:
         """Token embeddings with the projected image features written into the image span (§1.5)."""
         embeds = self.embed_tokens(inputs.input_ids).clone()
-        feats = self.image_features(inputs.pixel_values if pixel_values is None else pixel_values)
+        feats = self.image_features(inputs.pixel_values if pixel_values is None else pixel_values, inputs.vision_inputs)
         s, n = inputs.image_start, inputs.n_image_tokens
         embeds[0, s : s + n] = feats.to(embeds.dtype)
         return embeds

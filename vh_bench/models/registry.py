@@ -44,6 +44,13 @@ FAMILIES: dict[str, Family] = {
         tiny_builder="vh_bench.models.tiny:build_from_dict",
         example_hub_id="llava-hf/llava-1.5-7b-hf",
     ),
+    "llava_next": Family(
+        name="llava_next",
+        model_types=("llava_next",),
+        adapter="vh_bench.models.llava_next:LlavaNextAdapter",
+        tiny_builder="vh_bench.models.tiny_next:build_from_dict",
+        example_hub_id="llava-hf/llava-v1.6-vicuna-7b-hf",
+    ),
 }
 
 

@@ -106,8 +106,9 @@ def make_processor(spec: TinySpec, words: list[str] | None = None):
     )
 
 
-def make_model(spec: TinySpec, vocab_size: int, image_token_id: int):
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+def make_sub_configs(spec: TinySpec, vocab_size: int):
+    """(CLIP vision config, Llama text config) of `spec`; shared by the LLaVA-family builders."""
+    from transformers import CLIPVisionConfig, LlamaConfig
 
     vision = CLIPVisionConfig(
         image_size=spec.image_size,
@@ -132,6 +133,13 @@ def make_model(spec: TinySpec, vocab_size: int, image_token_id: int):
         eos_token_id=2,
         pad_token_id=0,
     )
+    return vision, text
+
+
+def make_model(spec: TinySpec, vocab_size: int, image_token_id: int):
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    vision, text = make_sub_configs(spec, vocab_size)
     config = LlavaConfig(
         vision_config=vision,
         text_config=text,
