@@ -86,11 +86,13 @@ def test_premature_logits_are_the_lm_head_of_unnormed_hidden_states(tiny_adapter
         W = tiny_adapter.lm_head.weight.float()
         plain = DolaHead(tiny_adapter, "even", 0.1, False).premature_logits(hs)
         want = torch.stack([hs[j][0, -1].float() @ W.T for j in range(0, n - 1, 2)])
-        torch.testing.assert_close(plain, want, rtol=1e-5, atol=1e-5)
+        # 1e-4: a matmul over 128 products of O(1) terms rounds differently per kernel (2.4e-5 seen
+        # with one OpenMP thread); the final norm, a wrong layer or a missing row move logits by O(1).
+        torch.testing.assert_close(plain, want, rtol=1e-4, atol=1e-4)
         normed = DolaHead(tiny_adapter, "even", 0.1, True).premature_logits(hs)
         norm = tiny_adapter.final_norm
         want_n = torch.stack([norm(hs[j][0, -1]).float() @ W.T for j in range(0, n - 1, 2)])
-        torch.testing.assert_close(normed, want_n, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(normed, want_n, rtol=1e-4, atol=1e-4)
         assert not torch.allclose(plain, normed, atol=1e-2)
 
 
