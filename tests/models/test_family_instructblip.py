@@ -24,6 +24,7 @@ from tests.zeroed import ZEROED, assert_bitwise_vanilla
 from vh_bench.config import compose
 from vh_bench.errors import ConfigError
 from vh_bench.models import registry
+from vh_bench.models.adapter import Adapter
 from vh_bench.models.instructblip import InstructBlipAdapter
 from vh_bench.models.tiny_instructblip import TinyBlipSpec, build_tiny_instructblip
 from vh_bench.paths import cache_dir
@@ -72,6 +73,7 @@ def stock_logits(stock, image, text: str, extra: list[int] = ()) -> torch.Tensor
 def test_registry_and_layout(adapter):
     fam = registry.family("instructblip")
     assert fam.adapter_class() is InstructBlipAdapter and registry.family_of_type("instructblip") is fam
+    assert isinstance(adapter, Adapter) and adapter.family == "instructblip"
     model = adapter.model
     # The contract's modules are the Llama causal LM's; vh_attn only on the language model.
     assert adapter.layers is model.language_model.model.layers and len(adapter.layers) == SPEC.text_layers
