@@ -51,6 +51,13 @@ FAMILIES: dict[str, Family] = {
         tiny_builder="vh_bench.models.tiny_next:build_from_dict",
         example_hub_id="llava-hf/llava-v1.6-vicuna-7b-hf",
     ),
+    "instructblip": Family(
+        name="instructblip",
+        model_types=("instructblip",),
+        adapter="vh_bench.models.instructblip:InstructBlipAdapter",
+        tiny_builder="vh_bench.models.tiny_instructblip:build_from_dict",
+        example_hub_id="Salesforce/instructblip-vicuna-7b",
+    ),
 }
 
 

@@ -20,6 +20,9 @@ PRESETS: dict[str, str] = {
     # HALC's and VASparse's caption drivers: no separator after the system message, a space after
     # the image placeholder.
     "halc": _SYSTEM_USER + "USER: <image> {prompt} ASSISTANT:",
+    # InstructBLIP has no chat template: the instruction is the whole prompt, after the 32 query
+    # tokens (LAVIS's `prompt`; the processor places the queries, vh_bench/models/instructblip.py).
+    "instructblip": "<image>{prompt}",
 }
 
 
