@@ -27,7 +27,6 @@ from typing import Any
 import torch
 from PIL import Image
 
-from vh_bench.decoding import attention
 from vh_bench.errors import ConfigError
 from vh_bench.models import templates
 from vh_bench.models.adapter import ModelInputs
@@ -57,32 +56,12 @@ class InstructBlipAdapter(LlavaAdapter):
     example_hub_id = "Salesforce/instructblip-vicuna-7b"
     vision_input_names = QFORMER_INPUTS
 
-    def __init__(
-        self,
-        model: Any,
-        processor: Any,
-        *,
-        prompt_template: str = "instructblip",
-        name: str = "instructblip",
-        attn_backend: str | None = None,
-    ) -> None:
-        # LlavaAdapter.__init__ resolves LLaVA's module layout (`model.model.…`); this family's
-        # layout differs, so the same fields are set here.
-        self.model = model
-        self.processor = processor
+    def __init__(self, model: Any, processor: Any, *, prompt_template: str = "instructblip",
+                 name: str = "instructblip", attn_backend: str | None = None) -> None:  # fmt: skip
         _image_token_as_added_token(processor)
-        self.tokenizer = processor.tokenizer
-        self.name = name
-        self.prompt_template = check_template(prompt_template)
-        cfg = model.config
-        self.config = cfg
-        self.image_token_id = int(cfg.image_token_index)
-        self.n_layers = int(cfg.text_config.num_hidden_layers)
-        eos = model.generation_config.eos_token_id
-        if eos is None:
-            eos = cfg.text_config.eos_token_id
-        self.eos_token_id = int(eos[0] if isinstance(eos, (list, tuple)) else eos)
-        self.unk_token_id = self.tokenizer.unk_token_id
+        super().__init__(model, processor, prompt_template=prompt_template, name=name, attn_backend=attn_backend)
+
+    def resolve_layout(self, model: Any) -> None:
         causal_lm = model.language_model  # LlamaForCausalLM
         self.causal_lm = causal_lm
         self.language_model = causal_lm.model  # the decoder stack: layers, norm, rotary, embeddings
@@ -90,19 +69,16 @@ class InstructBlipAdapter(LlavaAdapter):
         self.qformer = model.qformer
         self.projector = model.language_projection
         self.lm_head = causal_lm.lm_head
-        text_attn = cfg.text_config._attn_implementation
-        self.attention_state: attention.AttentionState | None = None
-        self.attn_backend: str = text_attn
-        if text_attn == attention.ATTN_NAME:
-            self.attention_state = attention.attach(self.attention_modules(), attn_backend)
-            self.attn_backend = self.attention_state.backend
+
+    @staticmethod
+    def check_template(template: str) -> str:
+        return check_template(template)
 
     # ---- loading -------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str, *, prompt_template: str = "instructblip", name: str = "instructblip", **kwargs: Any):
         """LlavaAdapter.load (vh_attn on the language model only; the vision tower sdpa, the
-        Q-Former transformers' default, sdpa), with the template checked before the weights load."""
-        check_template(prompt_template)
+        Q-Former transformers' default, sdpa) with this family's default template."""
         return super().load(path, prompt_template=prompt_template, name=name, **kwargs)
 
     @staticmethod

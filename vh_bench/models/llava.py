@@ -133,20 +133,17 @@ class LlavaAdapter:
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.name = name
-        self.prompt_template = templates.resolve_template(prompt_template)
+        self.prompt_template = self.check_template(prompt_template)
         cfg = model.config
         self.config = cfg
         self.image_token_id = int(cfg.image_token_id)
         self.n_layers = int(cfg.text_config.num_hidden_layers)
         eos = model.generation_config.eos_token_id
+        if eos is None:
+            eos = cfg.text_config.eos_token_id
         self.eos_token_id = int(eos[0] if isinstance(eos, (list, tuple)) else eos)
         self.unk_token_id = self.tokenizer.unk_token_id
-        # Resolved once (methods.md §1.1); transformers 4.4x nested these differently.
-        inner = model.model
-        self.language_model = inner.language_model
-        self.vision_tower = inner.vision_tower
-        self.projector = inner.multi_modal_projector
-        self.lm_head = model.lm_head
+        self.resolve_layout(model)
         # The harness's attention layer (methods.md §1.6). A stock reference model (tests) has no
         # attention state, and its backend is transformers' own implementation name.
         text_attn = cfg.text_config._attn_implementation
@@ -156,6 +153,21 @@ class LlavaAdapter:
             # Another adapter over the same model object shares its state (None: keep its backend).
             self.attention_state = attention.attach(self.attention_modules(), attn_backend)
             self.attn_backend = self.attention_state.backend
+
+    def resolve_layout(self, model: Any) -> None:
+        """The modules methods reach through the contract, resolved once (methods.md §1.1): the
+        decoder stack (`language_model`: layers, norm, rotary, embeddings), the vision side, the
+        output projection. transformers 4.4x nested these differently; each family has its own."""
+        inner = model.model
+        self.language_model = inner.language_model
+        self.vision_tower = inner.vision_tower
+        self.projector = inner.multi_modal_projector
+        self.lm_head = model.lm_head
+
+    @staticmethod
+    def check_template(template: str) -> str:
+        """The literal template (a family with its own placement rule checks it here)."""
+        return templates.resolve_template(template)
 
     # ---- loading -------------------------------------------------------------------------
     @classmethod
@@ -185,7 +197,7 @@ class LlavaAdapter:
                 "runtime.attn_backend", f"{attn_implementation!r} is not one of {', '.join(attention.BACKENDS)}"
             )
         check_checkpoint(path, cls.model_types, cls.example_hub_id)
-        templates.resolve_template(prompt_template)
+        cls.check_template(prompt_template)
         try:
             # A broken tokenizer or processor file is the checkpoint's fault too: one line.
             processor = AutoProcessor.from_pretrained(path, trust_remote_code=False)
