@@ -30,8 +30,7 @@ from PIL import Image
 from vh_bench.errors import ConfigError
 from vh_bench.models import templates
 from vh_bench.models.adapter import ModelInputs
-from vh_bench.models.cache_kwarg import cache_kwargs
-from vh_bench.models.llava import LlavaAdapter, _transformers_version
+from vh_bench.models.llava import LlavaAdapter
 
 IMAGE_PLACEHOLDER = "<image>"
 QFORMER_INPUTS = ("qformer_input_ids", "qformer_attention_mask")
@@ -175,23 +174,13 @@ class InstructBlipAdapter(LlavaAdapter):
         when `pixel_values` is given; decode steps feed ids only. Raises if the cache was ignored."""
         if inputs_embeds is None and pixel_values is not None:
             inputs_embeds = self._embed_with_images(input_ids, pixel_values, vision_inputs)
-        before = cache.get_seq_length()
-        out = self.causal_lm(
+        return self.cached_call(
+            self.causal_lm,
+            cache,
             input_ids=input_ids if inputs_embeds is None else None,
             inputs_embeds=inputs_embeds,
-            attention_mask=None,
-            use_cache=True,
-            logits_to_keep=1,
             output_hidden_states=output_hidden_states,
-            return_dict=True,
-            **cache_kwargs(self.causal_lm, cache),
         )
-        if cache.get_seq_length() <= before:
-            raise RuntimeError(
-                f"transformers {_transformers_version()} ignored the harness's KV cache; "
-                "use a version in pyproject.toml's tested range"
-            )
-        return out
 
     def _embed_with_images(
         self, input_ids: torch.Tensor, pixel_values: torch.Tensor, vision_inputs: dict[str, torch.Tensor] | None

@@ -357,18 +357,28 @@ class LlavaAdapter:
         Raises if the model did not write into `cache`: a forward that ignored it (an unknown cache
         keyword is swallowed by `**kwargs`) would decode every later step without its context.
         """
-        before = cache.get_seq_length()
-        out = self.model(
+        return self.cached_call(
+            self.model,
+            cache,
             input_ids=input_ids if inputs_embeds is None else None,
             pixel_values=pixel_values,
             inputs_embeds=inputs_embeds,
+            output_hidden_states=output_hidden_states,
+            **(self.vision_kwargs(pixel_values, vision_inputs) if pixel_values is not None else {}),
+        )
+
+    @staticmethod
+    def cached_call(module: Any, cache: Any, **kwargs: Any) -> Any:
+        """`module(**kwargs)` as one cached step (no mask, last position's logits, the installed
+        version's cache keyword); raises if `module` did not write into `cache`."""
+        before = cache.get_seq_length()
+        out = module(
             attention_mask=None,
             use_cache=True,
             logits_to_keep=1,
-            output_hidden_states=output_hidden_states,
             return_dict=True,
-            **(self.vision_kwargs(pixel_values, vision_inputs) if pixel_values is not None else {}),
-            **cache_kwargs(self.model, cache),  # the installed version's name for it (cache_kwarg.py)
+            **kwargs,
+            **cache_kwargs(module, cache),  # the installed version's name for it (cache_kwarg.py)
         )
         if cache.get_seq_length() <= before:
             raise RuntimeError(
