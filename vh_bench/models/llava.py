@@ -144,8 +144,7 @@ class LlavaAdapter:
         # Resolved once (methods.md §1.1); transformers 4.4x nested these differently.
         inner = model.model
         self.language_model = inner.language_model
-        self.vision_tower = inner.vision_tower
-        self.projector = inner.multi_modal_projector
+        self.vision_tower, self.projector = self.vision_modules(inner)
         self.lm_head = model.lm_head
         # The harness's attention layer (methods.md §1.6). A stock reference model (tests) has no
         # attention state, and its backend is transformers' own implementation name.
@@ -169,14 +168,16 @@ class LlavaAdapter:
         prompt_template: str = "hf",
         name: str = "llava",
         stock_attention: bool = False,
+        processor_options: dict[str, Any] | None = None,
     ) -> "LlavaAdapter":
         """Load a checkpoint. `attn_implementation` is the plain-path kernel (`runtime.attn_backend`).
 
         The language model always runs `vh_attn` (every method, vanilla included, so speed differences
         come from the methods, not kernels); `stock_attention=True` instead gives transformers' own
         `attn_implementation` with no attention control, for reference runs in tests only.
+        `processor_options`: a family's processor settings from the model config (`load_processor`).
         """
-        from transformers import AutoConfig, AutoProcessor
+        from transformers import AutoConfig
 
         if dtype not in DTYPES:
             raise ConfigError("runtime.dtype", f"{dtype!r} is not one of {sorted(DTYPES)}")
@@ -188,7 +189,7 @@ class LlavaAdapter:
         templates.resolve_template(prompt_template)
         try:
             # A broken tokenizer or processor file is the checkpoint's fault too: one line.
-            processor = AutoProcessor.from_pretrained(path, trust_remote_code=False)
+            processor = cls.load_processor(path, **(processor_options or {}))
             auto_config = AutoConfig.from_pretrained(path, trust_remote_code=False)
         except (OSError, ValueError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -222,6 +223,18 @@ class LlavaAdapter:
         from transformers import LlavaForConditionalGeneration
 
         return LlavaForConditionalGeneration
+
+    @staticmethod
+    def load_processor(path: str, **options: Any) -> Any:
+        """The checkpoint's processor (a family whose processor needs settings or other classes overrides)."""
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(path, trust_remote_code=False, **options)
+
+    @staticmethod
+    def vision_modules(inner: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """(vision tower, projector) of the inner model; the family's own names for them."""
+        return inner.vision_tower, inner.multi_modal_projector
 
     @staticmethod
     def check_processor(processor: Any, config: Any, path: str) -> None:
@@ -356,6 +369,7 @@ class LlavaAdapter:
             output_hidden_states=output_hidden_states,
             return_dict=True,
             **(self.vision_kwargs(pixel_values, vision_inputs) if pixel_values is not None else {}),
+            **self.position_kwargs(cache, input_ids, vision_inputs),
             **cache_kwargs(self.model, cache),  # the installed version's name for it (cache_kwarg.py)
         )
         if cache.get_seq_length() <= before:
@@ -364,6 +378,19 @@ class LlavaAdapter:
                 "use a version in pyproject.toml's tested range"
             )
         return out
+
+    def position_kwargs(
+        self, cache: Any, input_ids: torch.Tensor | None, vision_inputs: dict[str, torch.Tensor] | None
+    ) -> dict:
+        """Explicit position keywords for a forward: none for LLaVA, whose 1-D positions continue from
+        the cache length. A family with positions of its own (Qwen2.5-VL's M-RoPE) computes them here."""
+        return {}
+
+    def rope_position_ids(self, inputs: ModelInputs, index: torch.Tensor) -> torch.Tensor:
+        """Rotary position ids of sequence indices `index` (rows, q) of a stream that begins with
+        `inputs`' prompt (early-exit streams that drop tokens, vh_bench/decoding/layer_prefix.py).
+        LLaVA: the index itself."""
+        return index
 
     @staticmethod
     def last_logits(out: Any) -> torch.Tensor:

@@ -20,6 +20,10 @@ PRESETS: dict[str, str] = {
     # HALC's and VASparse's caption drivers: no separator after the system message, a space after
     # the image placeholder.
     "halc": _SYSTEM_USER + "USER: <image> {prompt} ASSISTANT:",
+    # Qwen2.5-VL-Instruct's chat format with its default system message; the Qwen adapter writes
+    # its vision block (<|vision_start|><|image_pad|><|vision_end|>) where `<image>` stands.
+    "qwen": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image>{prompt}<|im_end|>\n"
+    "<|im_start|>assistant\n",
 }
 
 
