@@ -98,6 +98,11 @@ def test_visual_tokens_and_positions_by_hand(adapter, inputs, test_image):
     assert inputs.n_image_tokens == n == adapter.expected_image_tokens(test_image) == 99
     assert inputs.vision_inputs["image_grid_thw"].tolist() == [[1, rows, cols]]
     assert tuple(inputs.pixel_values.shape) == (rows * cols, 3 * T_PATCH * PATCH * PATCH)
+    assert inputs.prompt_text == (  # Qwen2.5-VL-Instruct's chat format, default system message
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+        "<|vision_start|><|image_pad|><|vision_end|>Please describe this image in detail.<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
     # The span: every token of the template before <image>, then <|vision_start|>.
     before = templates.render("qwen", "x").split("<image>")[0]
     s = len(adapter.tokenizer(before)["input_ids"]) + 1

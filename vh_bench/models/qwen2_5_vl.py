@@ -17,6 +17,11 @@ that stream (`ROPE_DELTA`); every later forward on that cache passes `cache leng
 all three rows. FastV's physical pruning keeps layer 0 at the full length, so the cache length
 keeps counting original positions.
 
+What the methods see: VCD noises `pixel_values` as they are, i.e. the *normalised flattened patch
+values* (each of the two temporal copies of a patch gets its own noise draw), and its batched pair
+concatenates the clean and noised patches on dim 0 (`vision_kwargs` repeats the grid). HALC's views
+are resized to the sample's image size, so each yields the sample's grid and fills its span.
+
 Processor: transformers' `Qwen2_5_VLProcessor` also owns a video processor, and without
 torchvision it cannot be built at all (`AutoProcessor.from_pretrained` fails on every Qwen2.5-VL
 checkpoint). The adapter loads the checkpoint's tokenizer and its `preprocessor_config.json` into
