@@ -8,6 +8,7 @@ embedding and layers).
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -75,17 +76,22 @@ def grid_by_hand(width: int, height: int) -> tuple[int, int]:
 
 def stock_positions(adapter, ids: torch.Tensor, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """transformers' own `get_rope_index`, fed the processor-style token types."""
-    types = (ids == adapter.image_token_id).int()
-    return adapter.model.model.get_rope_index(ids, mm_token_type_ids=types, image_grid_thw=grid)
+    get_rope_index = adapter.model.model.get_rope_index
+    kwargs = {"image_grid_thw": grid}
+    if "mm_token_type_ids" in inspect.signature(get_rope_index).parameters:  # transformers 5.2x
+        kwargs["mm_token_type_ids"] = (ids == adapter.image_token_id).int()
+    return get_rope_index(ids, **kwargs)
 
 
 def stock_logits(adapter, ids: torch.Tensor, pixel_values: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """Last-position logits of transformers' own forward, positions derived by the model itself."""
     adapter.model.model.rope_deltas = None  # no state left over from another call
+    types = {}
+    if "mm_token_type_ids" in inspect.signature(adapter.model.forward).parameters:  # transformers 5.2x
+        types["mm_token_type_ids"] = (ids == adapter.image_token_id).int()
     out = adapter.model(
-        input_ids=ids, pixel_values=pixel_values, image_grid_thw=grid,
-        mm_token_type_ids=(ids == adapter.image_token_id).int(), use_cache=False, logits_to_keep=1,
-    )  # fmt: skip
+        input_ids=ids, pixel_values=pixel_values, image_grid_thw=grid, use_cache=False, logits_to_keep=1, **types
+    )
     adapter.model.model.rope_deltas = None
     return out.logits[:, -1].float()
 

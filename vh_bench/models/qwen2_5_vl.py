@@ -22,6 +22,10 @@ values* (each of the two temporal copies of a patch gets its own noise draw), an
 concatenates the clean and noised patches on dim 0 (`vision_kwargs` repeats the grid). HALC's views
 are resized to the sample's image size, so each yields the sample's grid and fills its span.
 
+Positions are passed as 3 rows (temporal, height, width): transformers 5.25's text model also takes
+4 rows (text positions first, for packed sequences, as `generate` builds them), but with 3 it derives
+the causal mask from the cache alone, which is what the harness's unpadded batch-1 streams need.
+
 Processor: transformers' `Qwen2_5_VLProcessor` also owns a video processor, and without
 torchvision it cannot be built at all (`AutoProcessor.from_pretrained` fails on every Qwen2.5-VL
 checkpoint). The adapter loads the checkpoint's tokenizer and its `preprocessor_config.json` into
@@ -31,6 +35,7 @@ with transformers' own placeholder expansion.
 
 from __future__ import annotations
 
+import inspect
 import json
 from typing import Any
 
@@ -193,9 +198,11 @@ class Qwen2_5_VLAdapter(LlavaAdapter):
         grid = grid.to(input_ids.device)
         if grid.shape[0] == 1 and rows > 1:
             grid = grid.repeat(rows, 1)
-        pos, deltas = self.model.model.get_rope_index(
-            input_ids, mm_token_type_ids=is_image.int(), image_grid_thw=grid
-        )
+        get_rope_index = self.model.model.get_rope_index
+        kwargs: dict[str, Any] = {"image_grid_thw": grid}
+        if "mm_token_type_ids" in inspect.signature(get_rope_index).parameters:
+            kwargs["mm_token_type_ids"] = is_image.int()  # 5.2x; earlier releases find <|vision_start|>
+        pos, deltas = get_rope_index(input_ids, **kwargs)
         if not bool((deltas == deltas[0]).all()):
             raise ValueError(f"rows of one stream have different M-RoPE offsets {deltas.flatten().tolist()}")
         return pos, int(deltas[0])
