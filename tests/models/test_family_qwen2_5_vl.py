@@ -31,6 +31,7 @@ from vh_bench.models import templates
 from vh_bench.models.qwen2_5_vl import ROPE_DELTA, Qwen2_5_VLAdapter
 from vh_bench.models.tiny_qwen2_5_vl import build_from_dict
 from vh_bench.paths import cache_dir
+from vh_bench.preflight import check_model
 from vh_bench.runner import model_identity
 
 CFG = compose(["model=tiny_qwen2_5_vl"]).model
@@ -163,6 +164,9 @@ def test_pixel_limits_are_config_keys(test_image):
         Qwen2_5_VLAdapter.load(path, min_pixels=0)
     with pytest.raises(ConfigError, match=r"model\.min_pixels"):
         Qwen2_5_VLAdapter.load(path, min_pixels=200, max_pixels=100)
+    for bad in ("model.max_pixels=-1", "model.min_pixels=abc", "model.min_pixels=200000"):
+        with pytest.raises(ConfigError, match=r"model\.m(in|ax)_pixels"):  # before torch and any run directory
+            check_model(compose(["model=tiny_qwen2_5_vl", bad]).model)
     small = Qwen2_5_VLAdapter.load(path, max_pixels=28 * 28 * 16)
     assert small.expected_image_tokens(test_image) <= 16
     ident = model_identity(compose(["model=tiny_qwen2_5_vl"]))

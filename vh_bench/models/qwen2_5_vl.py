@@ -46,11 +46,10 @@ from transformers import Qwen2_5_VLProcessor
 from vh_bench.errors import ConfigError
 from vh_bench.models.adapter import ModelInputs
 from vh_bench.models.llava import LlavaAdapter
+from vh_bench.models.pixels import check_pixels
 
 IMAGE_BLOCK = "<|vision_start|><|image_pad|><|vision_end|>"  # what the template's `<image>` becomes
 ROPE_DELTA = "vh_rope_delta"  # cache attribute: M-RoPE text offset of the stream that cache holds
-# Qwen's documented resolution limits (Qwen2.5-VL model card); configs/model/qwen2.5-vl-7b.yaml.
-PIXEL_KEYS = ("min_pixels", "max_pixels")
 
 
 class Qwen2_5_VLImageTextProcessor(Qwen2_5_VLProcessor):
@@ -59,20 +58,6 @@ class Qwen2_5_VLImageTextProcessor(Qwen2_5_VLProcessor):
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs) -> None:
         super().__init__(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template, **kwargs)
-
-
-def check_pixels(min_pixels: Any, max_pixels: Any) -> dict[str, int]:
-    """The configured pixel limits as processor options (one line naming the key when bad)."""
-    out: dict[str, int] = {}
-    for key, value in zip(PIXEL_KEYS, (min_pixels, max_pixels)):
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ConfigError(f"model.{key}", f"{value!r} is not a positive integer (a pixel count)")
-        out[key] = int(value)
-    if len(out) == 2 and out["min_pixels"] > out["max_pixels"]:
-        raise ConfigError("model.min_pixels", f"{out['min_pixels']} exceeds model.max_pixels={out['max_pixels']}")
-    return out
 
 
 class Qwen2_5_VLAdapter(LlavaAdapter):
@@ -97,7 +82,7 @@ class Qwen2_5_VLAdapter(LlavaAdapter):
     def load(cls, path: str, *, min_pixels: int | None = None, max_pixels: int | None = None,
              prompt_template: str = "qwen", **kwargs: Any) -> "Qwen2_5_VLAdapter":  # fmt: skip
         """`LlavaAdapter.load` with the pixel limits for the processor (None: the checkpoint's own)."""
-        options = check_pixels(min_pixels, max_pixels)
+        options = check_pixels({"min_pixels": min_pixels, "max_pixels": max_pixels})
         return super().load(path, prompt_template=prompt_template, processor_options=options, **kwargs)
 
     @staticmethod

@@ -26,9 +26,15 @@ class Family:
     # `model.*` keys the adapter's `load` takes as keywords (processor settings such as Qwen2.5-VL's
     # pixel limits); part of the run's identity when set.
     load_keys: tuple[str, ...] = ()
+    # "module:function(options dict)" that checks those keys torch-free (preflight), raising ConfigError.
+    option_check: str = ""
 
     def adapter_class(self) -> Any:
         return _resolve(self.adapter)
+
+    def check_options(self, options: dict[str, Any]) -> None:
+        if self.option_check:
+            _resolve(self.option_check)(options)
 
     def build_tiny(self, spec: dict[str, Any], root: Path) -> Path:
         return _resolve(self.tiny_builder)(spec, root)
@@ -61,6 +67,7 @@ FAMILIES: dict[str, Family] = {
         tiny_builder="vh_bench.models.tiny_qwen2_5_vl:build_from_dict",
         example_hub_id="Qwen/Qwen2.5-VL-7B-Instruct",
         load_keys=("min_pixels", "max_pixels"),
+        option_check="vh_bench.models.pixels:check_pixels",
     ),
 }
 
