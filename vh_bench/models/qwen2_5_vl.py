@@ -15,20 +15,21 @@ one model would overwrite. The adapter owns positions instead: at a prefill it c
 the model's own `get_rope_index` and passes them explicitly; the offset is kept on the cache of
 that stream (`ROPE_DELTA`); every later forward on that cache passes `cache length + offset` for
 all three rows. FastV's physical pruning keeps layer 0 at the full length, so the cache length
-keeps counting original positions.
+keeps counting original positions. Positions go in as 3 rows (temporal, height, width):
+transformers 5.25's text model also takes 4 (text positions first, for packed sequences, as
+`generate` builds them), but with 3 it derives the causal mask from the cache alone, which is what
+the harness's unpadded batch-1 streams need. The decoder layers then see (cos, sin) of shape
+(rows, L, head_dim), the three sections already interleaved, and no position_ids, so FastV's
+pruning hook slices them like Llama's.
 
 What the methods see: VCD noises `pixel_values` as they are, i.e. the *normalised flattened patch
 values* (each of the two temporal copies of a patch gets its own noise draw), and its batched pair
 concatenates the clean and noised patches on dim 0 (`vision_kwargs` repeats the grid). HALC's views
 are resized to the sample's image size, so each yields the sample's grid and fills its span.
 
-Positions are passed as 3 rows (temporal, height, width): transformers 5.25's text model also takes
-4 rows (text positions first, for packed sequences, as `generate` builds them), but with 3 it derives
-the causal mask from the cache alone, which is what the harness's unpadded batch-1 streams need.
-
 Processor: transformers' `Qwen2_5_VLProcessor` also owns a video processor, and without
-torchvision it cannot be built at all (`AutoProcessor.from_pretrained` fails on every Qwen2.5-VL
-checkpoint). The adapter loads the checkpoint's tokenizer and its `preprocessor_config.json` into
+torchvision transformers 5.25 cannot build it at all (`AutoProcessor.from_pretrained` fails on every
+Qwen2.5-VL checkpoint). The adapter loads the checkpoint's tokenizer and its `preprocessor_config.json` into
 Qwen2-VL's PIL image processor and joins them in an image-and-text subclass of that processor,
 with transformers' own placeholder expansion.
 """
