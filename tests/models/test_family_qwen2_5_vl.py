@@ -8,19 +8,21 @@ embedding and layers).
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
+import json
 import math
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from methods.fastv import FastV
+from methods.halc_fov import ViewEncoder
 from methods.vanilla import Vanilla
 from methods.vasparse_svcd import SparseContrastBranch, draw_image_mask
 from methods.vcd import VCD
-from methods.halc_fov import ViewEncoder
+from tests.helpers import results_override
 from tests.stepping import TOL, assert_equivalent, gen_config, run_method
 from tests.zeroed import CUTOFF_ON, ZEROED, assert_bitwise_vanilla, main_logits
 from vh_bench.config import compose
@@ -32,7 +34,7 @@ from vh_bench.models.qwen2_5_vl import ROPE_DELTA, Qwen2_5_VLAdapter
 from vh_bench.models.tiny_qwen2_5_vl import build_from_dict
 from vh_bench.paths import cache_dir
 from vh_bench.preflight import check_model
-from vh_bench.runner import model_identity
+from vh_bench.runner import model_identity, plan, run
 
 CFG = compose(["model=tiny_qwen2_5_vl"]).model
 PIXELS = {"min_pixels": int(CFG.min_pixels), "max_pixels": int(CFG.max_pixels)}
@@ -177,14 +179,10 @@ def test_pixel_limits_are_config_keys(test_image):
 def test_checkpoint_has_hub_processor_files():
     """Laid out like a hub snapshot; AutoProcessor builds Qwen2_5_VLProcessor only with torchvision
     (its video processor), which the harness therefore does not use."""
-    import json
-
     path = Path(tiny_qwen_checkpoint())
     pre = json.loads((path / "preprocessor_config.json").read_text())
     assert pre["processor_class"] == "Qwen2_5_VLProcessor" and pre["patch_size"] == PATCH
-    try:
-        import torchvision  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("torchvision") is None:
         pytest.skip("torchvision absent: transformers cannot build Qwen2_5_VLProcessor's video processor")
     from transformers import AutoProcessor
 
@@ -302,11 +300,11 @@ def test_halc_views_fill_the_span_with_the_samples_grid(adapter, inputs):
     boxes = [(0.0, 0.0, 1.0, 1.0), (0.1, 0.2, 0.5, 0.6), (0.5, 0.5, 0.9, 0.8)]
     pixels, extra = views.pixel_values(boxes)
     assert extra["image_grid_thw"].tolist() == inputs.vision_inputs["image_grid_thw"].tolist() * 3
+    n, grid = inputs.pixel_values.shape[0], inputs.vision_inputs["image_grid_thw"]
     with torch.inference_mode():
         logits = views.logits(boxes, [])
-        clean = stock_logits(adapter, inputs.input_ids, inputs.pixel_values, inputs.vision_inputs["image_grid_thw"])
-        crop = stock_logits(adapter, inputs.input_ids, pixels[inputs.pixel_values.shape[0] : 2 * inputs.pixel_values.shape[0]],
-                            inputs.vision_inputs["image_grid_thw"])  # fmt: skip
+        clean = stock_logits(adapter, inputs.input_ids, inputs.pixel_values, grid)
+        crop = stock_logits(adapter, inputs.input_ids, pixels[n : 2 * n], grid)  # the second view alone
     torch.testing.assert_close(logits[0], clean[0], **TOL)  # the whole image is the sample itself
     torch.testing.assert_close(logits[1], crop[0], **TOL)
     assert not torch.allclose(logits[1], logits[2], rtol=1e-3, atol=1e-3)
@@ -317,11 +315,6 @@ METHODS = ("vanilla", "vcd", "vasparse", "fastv", "topk", "halc_tiny")
 
 
 def test_every_method_runs_end_to_end(tmp_path):
-    from tests.helpers import results_override
-    from vh_bench.runner import plan, run
-
-    import json
-
     for method in METHODS:
         cfg = compose([
             "model=tiny_qwen2_5_vl", f"method={method}", "dataset=demo", "runtime.device=cpu",
