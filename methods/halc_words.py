@@ -23,18 +23,23 @@ SPACY_NOUN_POS = frozenset({"NOUN", "PROPN"})
 
 # ---- word starts ---------------------------------------------------------------------------
 def word_start_table(tokenizer, eos_token_id: int, vocab_size: int = 0) -> list[bool]:
-    """Per id: does the token start a word? SentencePiece `▁`, a `.`, or EOS (§7.2).
+    """Per id: does the token start a word? A space marker (SentencePiece's `▁`, LLaVA's Llama
+    tokenizer; else byte-level BPE's leading `Ġ`, the space byte, Qwen2.5-VL's), a `.`, or EOS (§7.2).
 
-    A tokenizer without any `▁` piece (the word-level test tokenizer) starts a word at every token.
+    A tokenizer without either marker (the word-level test tokenizers) starts a word at every token.
     Ids past the tokenizer (an lm_head padded to `vocab_size`) have no piece: they follow the same
     rule with an empty piece."""
     n = len(tokenizer)
     pieces = tokenizer.convert_ids_to_tokens(list(range(n)))
     pieces = ["" if p is None else str(p) for p in pieces]
     pad = max(0, vocab_size - n)
-    if not any("▁" in p for p in pieces):
+    if any("▁" in p for p in pieces):
+        starts = [("▁" in p) for p in pieces]
+    elif any(p.startswith("Ġ") for p in pieces):
+        starts = [p.startswith("Ġ") for p in pieces]
+    else:
         return [True] * (n + pad)
-    table = [("▁" in p) or ("." in p) for p in pieces] + [False] * pad
+    table = [s or ("." in p) for s, p in zip(starts, pieces)] + [False] * pad
     if 0 <= eos_token_id < len(table):
         table[eos_token_id] = True
     return table

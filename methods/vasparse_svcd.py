@@ -76,8 +76,9 @@ class EmbeddingContrast:
 class SparseContrastBranch:
     """`stop_layer = m > 0`: layers 0 … m−1 on the prompt without the masked image tokens, own cache.
 
-    The remaining tokens keep their original positions (RoPE from the original position ids); each
-    decode step embeds the new token at its original position `N−1`.
+    The remaining tokens keep their original positions (RoPE from the original position ids, which
+    the adapter maps to its family's rotary positions: M-RoPE's 3-D ones on Qwen2.5-VL); each decode
+    step embeds the new token at its original position `N−1`.
     """
 
     def __init__(
@@ -101,11 +102,12 @@ class SparseContrastBranch:
 
     def prefill(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
         """`inputs_embeds (1, L, hidden)`: the main branch's shared embeddings (§1.5)."""
-        return self._logits(inputs_embeds.index_select(1, self.keep), self.keep[None])
+        positions = self.adapter.rope_position_ids(self.inputs, self.keep[None])
+        return self._logits(inputs_embeds.index_select(1, self.keep), positions)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         tokens = tokens.view(-1, 1).to(self.adapter.device)
-        positions = torch.full_like(tokens, self.next_position)
+        positions = self.adapter.rope_position_ids(self.inputs, torch.full_like(tokens, self.next_position))
         self.next_position += 1
         return self._logits(self.adapter.embed_tokens(tokens), positions)
 

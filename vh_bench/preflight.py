@@ -55,9 +55,10 @@ def looks_local(path_or_id: str) -> bool:
 
 
 def check_model(model: DictConfig) -> None:
-    from vh_bench.models.registry import family
+    from vh_bench.models.registry import family, load_options
 
-    family(model.get("family"))  # an unknown family: one line before torch loads
+    fam = family(model.get("family"))  # an unknown family: one line before torch loads
+    fam.check_options(load_options(fam, model))  # e.g. Qwen2.5-VL's pixel limits
     if model.tiny is not None:
         return
     if not model.path:

@@ -100,6 +100,7 @@ def model_identity(cfg: DictConfig) -> dict[str, Any]:
     }
     if m.get("sha256"):  # a shipped checkpoint's weights (model=scenes): a retrained one gets new runs
         ident["sha256"] = str(m.sha256)
+    ident.update(registry.load_options(registry.family(m.get("family")), m))  # e.g. Qwen's pixel limits
     return ident
 
 
@@ -125,13 +126,15 @@ def set_num_threads(runtime: DictConfig) -> None:
 def load_adapter(cfg: DictConfig, model_path: str, device: str, dtype: str) -> Adapter:
     """The `model.family` adapter over `model_path` as the config asks (attention backend, prompt
     template, name): the runner's and the benches' one way to load the model."""
-    return registry.family(cfg.model.get("family")).adapter_class().load(
+    fam = registry.family(cfg.model.get("family"))
+    return fam.adapter_class().load(
         model_path,
         dtype=dtype,
         device=device,
         attn_implementation=str(cfg.runtime.attn_backend),
         prompt_template=str(cfg.model.prompt_template),
         name=str(cfg.model.name),
+        **registry.load_options(fam, cfg.model),
     )
 
 

@@ -32,19 +32,22 @@ def forward_layers(
     """Hidden states `(rows, q_len, hidden)` after decoder layer `n_layers − 1` (no final norm).
 
     `position_ids (rows or 1, q_len)` may have gaps; the causal structure comes from the order of the
-    sequence (and the cache), never from position values. A 4D additive `attention_mask` replaces the
-    causal mask (tests use it to compare physical removal with key masking).
+    sequence (and the cache), never from position values. M-RoPE positions `(3, rows, q_len)`
+    (Qwen2.5-VL, from `adapter.rope_position_ids`) feed the rotary embedding only: the mask and the
+    layers get no 1-D positions, as in `Qwen2_5_VLTextModel.forward`. A 4D additive `attention_mask`
+    replaces the causal mask (tests use it to compare physical removal with key masking).
     """
     lm = adapter.language_model
     if not 0 <= n_layers <= adapter.n_layers:
         raise ValueError(f"cannot run {n_layers} of {adapter.n_layers} decoder layers")
+    text_positions = position_ids if position_ids.dim() == 2 else None
     if attention_mask is None:
         # With a cache the position ids are never read as packed-sequence boundaries.
         attention_mask = create_causal_mask(
             config=lm.config,
             inputs_embeds=inputs_embeds,
             attention_mask=None,
-            position_ids=position_ids,
+            position_ids=text_positions,
             **{cache_keyword(create_causal_mask): cache},
         )
     position_embeddings = lm.rotary_emb(inputs_embeds, position_ids=position_ids)
@@ -54,7 +57,7 @@ def forward_layers(
             hidden,
             attention_mask=attention_mask,
             position_embeddings=position_embeddings,
-            position_ids=position_ids,
+            position_ids=text_positions,
             use_cache=True,
             **cache_kwargs(layer, cache),
         )

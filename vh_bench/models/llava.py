@@ -181,14 +181,16 @@ class LlavaAdapter:
         prompt_template: str = "hf",
         name: str = "llava",
         stock_attention: bool = False,
+        processor_options: dict[str, Any] | None = None,
     ) -> "LlavaAdapter":
         """Load a checkpoint. `attn_implementation` is the plain-path kernel (`runtime.attn_backend`).
 
         The language model always runs `vh_attn` (every method, vanilla included, so speed differences
         come from the methods, not kernels); `stock_attention=True` instead gives transformers' own
         `attn_implementation` with no attention control, for reference runs in tests only.
+        `processor_options`: a family's processor settings from the model config (`load_processor`).
         """
-        from transformers import AutoConfig, AutoProcessor
+        from transformers import AutoConfig
 
         if dtype not in DTYPES:
             raise ConfigError("runtime.dtype", f"{dtype!r} is not one of {sorted(DTYPES)}")
@@ -200,7 +202,7 @@ class LlavaAdapter:
         cls.check_template(prompt_template)
         try:
             # A broken tokenizer or processor file is the checkpoint's fault too: one line.
-            processor = AutoProcessor.from_pretrained(path, trust_remote_code=False)
+            processor = cls.load_processor(path, **(processor_options or {}))
             auto_config = AutoConfig.from_pretrained(path, trust_remote_code=False)
         except (OSError, ValueError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -234,6 +236,13 @@ class LlavaAdapter:
         from transformers import LlavaForConditionalGeneration
 
         return LlavaForConditionalGeneration
+
+    @staticmethod
+    def load_processor(path: str, **options: Any) -> Any:
+        """The checkpoint's processor (a family whose processor needs settings or other classes overrides)."""
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(path, trust_remote_code=False, **options)
 
     @staticmethod
     def check_processor(processor: Any, config: Any, path: str) -> None:
@@ -365,6 +374,7 @@ class LlavaAdapter:
             inputs_embeds=inputs_embeds,
             output_hidden_states=output_hidden_states,
             **(self.vision_kwargs(pixel_values, vision_inputs) if pixel_values is not None else {}),
+            **self.position_kwargs(cache, input_ids, vision_inputs),
         )
 
     @staticmethod
@@ -386,6 +396,19 @@ class LlavaAdapter:
                 "use a version in pyproject.toml's tested range"
             )
         return out
+
+    def position_kwargs(
+        self, cache: Any, input_ids: torch.Tensor | None, vision_inputs: dict[str, torch.Tensor] | None
+    ) -> dict:
+        """Explicit position keywords for a forward: none for LLaVA, whose 1-D positions continue from
+        the cache length. A family with positions of its own (Qwen2.5-VL's M-RoPE) computes them here."""
+        return {}
+
+    def rope_position_ids(self, inputs: ModelInputs, index: torch.Tensor) -> torch.Tensor:
+        """Rotary position ids of sequence indices `index` (rows, q) of a stream that begins with
+        `inputs`' prompt (early-exit streams that drop tokens, vh_bench/decoding/layer_prefix.py).
+        LLaVA: the index itself."""
+        return index
 
     @staticmethod
     def last_logits(out: Any) -> torch.Tensor:

@@ -23,9 +23,18 @@ class Family:
     adapter: str  # "module:Class" implementing the contract, with a `load(path, **kw)` classmethod
     tiny_builder: str  # "module:function(spec_dict, root) -> Path" of a random offline checkpoint
     example_hub_id: str  # named in one-line errors
+    # `model.*` keys the adapter's `load` takes as keywords (processor settings such as Qwen2.5-VL's
+    # pixel limits); part of the run's identity when set.
+    load_keys: tuple[str, ...] = ()
+    # "module:function(options dict)" that checks those keys torch-free (preflight), raising ConfigError.
+    option_check: str = ""
 
     def adapter_class(self) -> Any:
         return _resolve(self.adapter)
+
+    def check_options(self, options: dict[str, Any]) -> None:
+        if self.option_check:
+            _resolve(self.option_check)(options)
 
     def build_tiny(self, spec: dict[str, Any], root: Path) -> Path:
         return _resolve(self.tiny_builder)(spec, root)
@@ -58,6 +67,15 @@ FAMILIES: dict[str, Family] = {
         tiny_builder="vh_bench.models.tiny_instructblip:build_from_dict",
         example_hub_id="Salesforce/instructblip-vicuna-7b",
     ),
+    "qwen2_5_vl": Family(
+        name="qwen2_5_vl",
+        model_types=("qwen2_5_vl",),
+        adapter="vh_bench.models.qwen2_5_vl:Qwen2_5_VLAdapter",
+        tiny_builder="vh_bench.models.tiny_qwen2_5_vl:build_from_dict",
+        example_hub_id="Qwen/Qwen2.5-VL-7B-Instruct",
+        load_keys=("min_pixels", "max_pixels"),
+        option_check="vh_bench.models.pixels:check_pixels",
+    ),
 }
 
 
@@ -67,6 +85,11 @@ def family(name: str | None) -> Family:
     if key not in FAMILIES:
         raise ConfigError("model.family", f"{key!r} is not one of {', '.join(sorted(FAMILIES))}")
     return FAMILIES[key]
+
+
+def load_options(fam: Family, model_cfg: Any) -> dict[str, Any]:
+    """The family's `load_keys` that `model_cfg` (the `model` config block) sets, as plain values."""
+    return {k: model_cfg.get(k) for k in fam.load_keys if model_cfg.get(k) is not None}
 
 
 def family_of_type(model_type: str | None) -> Family | None:

@@ -23,6 +23,10 @@ PRESETS: dict[str, str] = {
     # InstructBLIP has no chat template: the instruction is the whole prompt, after the 32 query
     # tokens (LAVIS's `prompt`; the processor places the queries, vh_bench/models/instructblip.py).
     "instructblip": "<image>{prompt}",
+    # Qwen2.5-VL-Instruct's chat format with its default system message; the Qwen adapter writes
+    # its vision block (<|vision_start|><|image_pad|><|vision_end|>) where `<image>` stands.
+    "qwen": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image>{prompt}<|im_end|>\n"
+    "<|im_start|>assistant\n",
 }
 
 
