@@ -14,8 +14,10 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
@@ -148,32 +150,50 @@ def make_model(spec: TinySpec, vocab_size: int, image_token_id: int):
         vision_feature_select_strategy="default",
         initializer_range=spec.initializer_range,
     )
-    # Seeded locally: building a model must not disturb anyone's global RNG state.
+    return seeded_model(LlavaForConditionalGeneration, config, spec.seed)
+
+
+def seeded_model(model_class: Any, config: Any, seed: int, init: Callable[[Any], None] | None = None,
+                 special_ids: tuple[Any, int, int] = (2, 1, 0)) -> Any:  # fmt: skip
+    """`model_class(config)` drawn from `seed`, then `init(model)` (weights transformers leaves at a
+    constant), with generation ids (eos, bos, pad); in eval mode. Seeded locally: building a model
+    must not disturb anyone's global RNG state."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(spec.seed)
-        model = LlavaForConditionalGeneration(config)
-    model.generation_config.eos_token_id = 2
-    model.generation_config.bos_token_id = 1
-    model.generation_config.pad_token_id = 0
+        torch.manual_seed(seed)
+        model = model_class(config)
+        if init is not None:
+            with torch.no_grad():
+                init(model)
+    gen = model.generation_config
+    gen.eos_token_id, gen.bos_token_id, gen.pad_token_id = special_ids
     return model.eval()
 
 
-def build_tiny_llava(spec: TinySpec, cache_dir: str | os.PathLike) -> Path:
-    """Return a checkpoint directory for `spec`, building it (atomically) if absent."""
-    target = Path(cache_dir) / f"tiny-llava-{spec.digest()}"
+def build_once(target: Path, spec: Any, make: Callable[[], tuple[Any, Any]]) -> Path:
+    """`target` for the spec dataclass `spec`, built from `make() -> (model, processor)` unless it exists: weights drawn in
+    float32 (the same values as a float32 build), cast to `spec.weights_dtype`, saved atomically."""
     if (target / "config.json").is_file():
         return target
     if spec.weights_dtype not in WEIGHTS_DTYPES:
         raise ValueError(f"weights_dtype {spec.weights_dtype!r} is not one of {sorted(WEIGHTS_DTYPES)}")
     target.parent.mkdir(parents=True, exist_ok=True)
-    log.info("building random-weight LLaVA %s in %s", spec, target)
-    processor = make_processor(spec)
-    tok = processor.tokenizer
-    model = make_model(spec, vocab_size=len(tok), image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN))
-    if spec.weights_dtype != "float32":  # drawn in float32 (same values as a float32 build), then cast
+    log.info("building random-weight %s %s in %s", target.name, spec, target)
+    model, processor = make()
+    if spec.weights_dtype != "float32":
         model = model.to(WEIGHTS_DTYPES[spec.weights_dtype])
     save_checkpoint(target, model, processor, asdict(spec))
     return target
+
+
+def build_tiny_llava(spec: TinySpec, cache_dir: str | os.PathLike) -> Path:
+    """Return a checkpoint directory for `spec`, building it (atomically) if absent."""
+
+    def make() -> tuple[Any, Any]:
+        processor = make_processor(spec)
+        tok = processor.tokenizer
+        return make_model(spec, vocab_size=len(tok), image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN)), processor
+
+    return build_once(Path(cache_dir) / f"tiny-llava-{spec.digest()}", spec, make)
 
 
 def save_checkpoint(target: Path, model, processor, spec: dict) -> None:

@@ -12,13 +12,14 @@ Salesforce/instructblip-vicuna-7b. Saved with `save_checkpoint`, so it loads thr
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
-from vh_bench.models.tiny import IMAGE_TOKEN, TinySpec, build_tokenizer_object, make_sub_configs, save_checkpoint
+from vh_bench.models.tiny import (IMAGE_TOKEN, TinySpec, build_once, build_tokenizer_object, make_sub_configs,
+                                  seeded_model)  # fmt: skip
 from vh_bench.models.tiny_vocab import vocabulary
 
 # bert-base-uncased's special tokens (the real Q-Former tokenizer), at the front of the vocabulary.
@@ -119,35 +120,27 @@ def make_blip_model(spec: TinyBlipSpec, vocab_size: int, qformer_vocab_size: int
         image_token_index=image_token_id,
         initializer_range=spec.initializer_range,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(spec.seed)
-        model = InstructBlipForConditionalGeneration(config)
-        # transformers initialises the queries to zeros: 32 identical queries would give 32
-        # identical visual tokens, and every selection among them would be a tie.
-        with torch.no_grad():
-            model.query_tokens.normal_(0.0, spec.initializer_range)
-    model.generation_config.eos_token_id = 2
-    model.generation_config.bos_token_id = 1
-    model.generation_config.pad_token_id = 0
-    return model.eval()
+    # transformers initialises the queries to zeros: 32 identical queries would give 32 identical
+    # visual tokens, and every selection among them would be a tie.
+    return seeded_model(InstructBlipForConditionalGeneration, config, spec.seed,
+                        init=lambda m: m.query_tokens.normal_(0.0, spec.initializer_range))  # fmt: skip
 
 
 def build_tiny_instructblip(spec: TinyBlipSpec, cache_dir: str | os.PathLike) -> Path:
     """Return a checkpoint directory for `spec`, building it (atomically) if absent."""
-    target = Path(cache_dir) / f"tiny-instructblip-{spec.digest()}"
-    if (target / "config.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    processor = make_blip_processor(spec)
-    tok = processor.tokenizer
-    model = make_blip_model(
-        spec,
-        vocab_size=len(tok),
-        qformer_vocab_size=len(processor.qformer_tokenizer),
-        image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN),
-    )
-    save_checkpoint(target, model, processor, asdict(spec))
-    return target
+
+    def make() -> tuple[Any, Any]:
+        processor = make_blip_processor(spec)
+        tok = processor.tokenizer
+        model = make_blip_model(
+            spec,
+            vocab_size=len(tok),
+            qformer_vocab_size=len(processor.qformer_tokenizer),
+            image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN),
+        )
+        return model, processor
+
+    return build_once(Path(cache_dir) / f"tiny-instructblip-{spec.digest()}", spec, make)
 
 
 def build_from_dict(spec: dict, cache_dir: str | os.PathLike) -> Path:

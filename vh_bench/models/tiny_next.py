@@ -8,12 +8,11 @@ side: a small CLIP tower, anyres grids scaled down with it (LLaVA-1.6's pinpoint
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import torch
-
-from vh_bench.models.tiny import IMAGE_TOKEN, TinySpec, make_processor, make_sub_configs, save_checkpoint
+from vh_bench.models.tiny import IMAGE_TOKEN, TinySpec, build_once, make_processor, make_sub_configs, seeded_model
 
 # LLaVA-1.6's grids in tiles (rows, columns); multiplied by the tile side.
 GRID_TILES = ((1, 2), (2, 1), (2, 2), (3, 1), (1, 3))
@@ -60,29 +59,20 @@ def make_next_model(spec: TinyNextSpec, vocab_size: int, image_token_id: int):
         vision_feature_select_strategy="default",
         initializer_range=spec.initializer_range,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(spec.seed)
-        model = LlavaNextForConditionalGeneration(config)
-        # transformers initialises the newline row from N(0, 1/sqrt(hidden)); drawn here too so the
-        # checkpoint never depends on that default.
-        with torch.no_grad():
-            model.model.image_newline.normal_(0.0, spec.initializer_range)
-    model.generation_config.eos_token_id = 2
-    model.generation_config.bos_token_id = 1
-    model.generation_config.pad_token_id = 0
-    return model.eval()
+    # transformers initialises the newline row from N(0, 1/sqrt(hidden)); drawn here too so the
+    # checkpoint never depends on that default.
+    return seeded_model(LlavaNextForConditionalGeneration, config, spec.seed,
+                        init=lambda m: m.model.image_newline.normal_(0.0, spec.initializer_range))  # fmt: skip
 
 
 def build_tiny_llava_next(spec: TinyNextSpec, cache_dir: str | os.PathLike) -> Path:
-    target = Path(cache_dir) / f"tiny-llava-next-{spec.digest()}"
-    if (target / "config.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    processor = make_next_processor(spec)
-    tok = processor.tokenizer
-    model = make_next_model(spec, vocab_size=len(tok), image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN))
-    save_checkpoint(target, model, processor, asdict(spec))
-    return target
+    def make() -> tuple[Any, Any]:
+        processor = make_next_processor(spec)
+        tok = processor.tokenizer
+        image_token_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
+        return make_next_model(spec, vocab_size=len(tok), image_token_id=image_token_id), processor
+
+    return build_once(Path(cache_dir) / f"tiny-llava-next-{spec.digest()}", spec, make)
 
 
 def build_from_dict(spec: dict, cache_dir: str | os.PathLike) -> Path:

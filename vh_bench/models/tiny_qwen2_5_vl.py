@@ -17,11 +17,11 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
-from vh_bench.models.tiny import WEIGHTS_DTYPES, save_checkpoint
+from vh_bench.models.tiny import build_once, seeded_model
 from vh_bench.models.tiny_vocab import vocabulary
 
 # Ids 0…6 here; 151643…151656 in Qwen2.5's tokenizer (the order of these names is the same).
@@ -161,31 +161,19 @@ def make_model(spec: TinyQwenSpec, tokenizer):
         vision_end_token_id=ids[VISION_END],
         tie_word_embeddings=False,
     )
-    # Seeded locally: building a model must not disturb anyone's global RNG state.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(spec.seed)
-        model = Qwen2_5_VLForConditionalGeneration(config)
     # Qwen2.5-VL-Instruct's generation config: <|im_end|> ends a turn, <|endoftext|> a document.
-    model.generation_config.eos_token_id = [ids[IM_END], ids[ENDOFTEXT]]
-    model.generation_config.bos_token_id = ids[ENDOFTEXT]
-    model.generation_config.pad_token_id = ids[ENDOFTEXT]
-    return model.eval()
+    special = ([ids[IM_END], ids[ENDOFTEXT]], ids[ENDOFTEXT], ids[ENDOFTEXT])
+    return seeded_model(Qwen2_5_VLForConditionalGeneration, config, spec.seed, special_ids=special)
 
 
 def build_tiny_qwen(spec: TinyQwenSpec, cache_dir: str | os.PathLike) -> Path:
     """Return a checkpoint directory for `spec`, building it (atomically) if absent."""
-    target = Path(cache_dir) / f"tiny-qwen2_5_vl-{spec.digest()}"
-    if (target / "config.json").is_file():
-        return target
-    if spec.weights_dtype not in WEIGHTS_DTYPES:
-        raise ValueError(f"weights_dtype {spec.weights_dtype!r} is not one of {sorted(WEIGHTS_DTYPES)}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tokenizer = make_tokenizer()
-    model = make_model(spec, tokenizer)
-    if spec.weights_dtype != "float32":
-        model = model.to(WEIGHTS_DTYPES[spec.weights_dtype])
-    save_checkpoint(target, model, CheckpointProcessorFiles(tokenizer, make_image_processor(spec)), asdict(spec))
-    return target
+
+    def make() -> tuple[Any, Any]:
+        tokenizer = make_tokenizer()
+        return make_model(spec, tokenizer), CheckpointProcessorFiles(tokenizer, make_image_processor(spec))
+
+    return build_once(Path(cache_dir) / f"tiny-qwen2_5_vl-{spec.digest()}", spec, make)
 
 
 def build_from_dict(spec: dict, cache_dir: str | os.PathLike) -> Path:
