@@ -60,6 +60,9 @@ T_CHAIR = "tests/metrics/test_chair.py"
 T_POPE = "tests/metrics/test_pope.py"
 T_OPOPE = "tests/metrics/test_opope.py"
 T_POPEGEN = "tests/data/test_pope_gen.py"
+T_NEXT = "tests/models/test_family_llava_next.py"
+T_BLIP = "tests/models/test_family_instructblip.py"
+T_QWEN = "tests/models/test_family_qwen2_5_vl.py"
 
 VCD_Z = (f"{T_VCD}::test_contrast_branch_has_its_own_cache_and_sees_the_noised_image",)  # z vs fresh forwards
 FASTV_RANK = (f"{T_FASTV}::test_ranking_equals_eager_output_attentions",)
@@ -111,8 +114,8 @@ MUTANTS: tuple[Mutant, ...] = (
       "self.keep = kept_positions(inputs.length, masked).to(adapter.device)",
       "self.keep = torch.arange(inputs.length).to(adapter.device)", (f"{T_VEFF}::test_svcd_contrast_is_the_equations_and_depends_on_the_image_mask",)),
     M("svcd_branch_positions_renumbered", "methods/vasparse_svcd.py",
-      "return self._logits(inputs_embeds.index_select(1, self.keep), self.keep[None])",
-      "return self._logits(inputs_embeds.index_select(1, self.keep), torch.arange(self.keep.numel())[None])",
+      "positions = self.adapter.rope_position_ids(self.inputs, self.keep[None])",
+      "positions = self.adapter.rope_position_ids(self.inputs, torch.arange(self.keep.numel())[None])",
       (f"{T_VAS}::test_svcd_branch_cached_equals_recompute_and_physical_equals_masking",)),
     M("svcd_stop_layer_off_by_one", "methods/vasparse.py",
       "self.adapter, self.inputs, self.image_mask, stop_layer=svcd.stop_layer, final_norm=svcd.final_norm",
@@ -229,6 +232,21 @@ MUTANTS: tuple[Mutant, ...] = (
     M("halc_itm_wrong_class", "methods/halc_scorer.py",
       "return torch.softmax(itm, dim=-1)[:, 1].cpu().tolist()", "return torch.softmax(itm, dim=-1)[:, 0].cpu().tolist()",
       (f"{T_HM}::test_blip_scores_equal_the_retrieval_models_forward",)),
+    # ---- model families (issue 17): what each adapter carries -------------------------------------
+    M("next_image_sizes_not_broadcast", "vh_bench/models/llava_next.py",
+      "sizes = sizes.expand(n, -1)", "sizes = sizes", (T_NEXT,)),
+    M("next_views_not_resized", "vh_bench/models/llava_next.py",
+      "resized = [im if im.size == size else im.resize(size, Image.BICUBIC) for im in images]",
+      "resized = list(images)", (T_NEXT,)),
+    M("blip_qformer_text_not_broadcast", "vh_bench/models/instructblip.py",
+      "value = value.expand(n, -1)", "value = value", (T_BLIP,)),
+    M("qwen_decode_positions_without_offset", "vh_bench/models/qwen2_5_vl.py",
+      "pos = torch.arange(past + delta, past + delta + q,", "pos = torch.arange(past, past + q,", (T_QWEN,)),
+    M("qwen_early_exit_positions_without_offset", "vh_bench/models/qwen2_5_vl.py",
+      "return torch.where(index < inputs.length, table, index + delta)",
+      "return torch.where(index < inputs.length, table, index)", (T_QWEN,)),
+    M("qwen_grid_not_repeated_for_stacked_images", "vh_bench/models/qwen2_5_vl.py",
+      "grid = grid.repeat(n // per, 1)", "grid = grid", (T_QWEN,)),
     # ---- CHAIR, POPE, OPOPE (metrics.md) ---------------------------------------------------------
     M("chair_i_over_captions", "vh_bench/metrics/chair.py",
       "\"CHAIRi\": _ratio(halluc_sum, mentions_sum,", "\"CHAIRi\": _ratio(halluc_sum, n_captions,", (T_CHAIR,)),
