@@ -442,7 +442,8 @@ def _prune_hook(controller: AttentionController, spec: SequencePrune, layer_idx:
             else:
                 kwargs["hidden_states"] = kwargs["hidden_states"].index_select(1, keep)
         # The sequence is the second-last dim of cos/sin and the last of position_ids, whatever comes
-        # before: (rows, L, d) and (rows, L) for Llama, (3, rows, L, d) and (3, rows, L) for M-RoPE.
+        # before: (rows, L, d) and (rows, L) for Llama; Qwen2.5-VL's layers get (rows, L, d) with the
+        # three M-RoPE sections already interleaved, and position_ids None (its 3-D ones are (3, rows, L)).
         pe = kwargs.get("position_embeddings")
         if pe is not None:
             kwargs["position_embeddings"] = tuple(t.index_select(t.dim() - 2, keep) for t in pe)
