@@ -36,6 +36,9 @@ class ModelInputs:
     # Further tensors the family's vision forward needs beside pixel_values (LLaVA-NeXT's
     # image_sizes, Qwen2.5-VL's image_grid_thw, InstructBLIP's qformer_input_ids). Never noised.
     vision_inputs: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    # A family's own prompt positions, computed once at `prepare` (Qwen2.5-VL: the (3, 1, L) M-RoPE
+    # positions and the text offset after the image); None where positions are 0 … L−1.
+    rope_positions: tuple[torch.Tensor, int] | None = field(default=None, repr=False)
 
     @property
     def length(self) -> int:

@@ -77,6 +77,8 @@ class Qwen2_5_VLAdapter(LlavaAdapter):
             self.unk_token_id = self.tokenizer.pad_token_id
         self.merge_size = int(model.config.vision_config.spatial_merge_size)
         self.patch_size = int(model.config.vision_config.patch_size)
+        # transformers 5.2x's get_rope_index takes the token types; earlier ones find <|vision_start|>.
+        self._rope_takes_token_types = "mm_token_type_ids" in inspect.signature(model.model.get_rope_index).parameters
 
     # ---- loading -------------------------------------------------------------------------
     @classmethod
@@ -189,8 +191,8 @@ class Qwen2_5_VLAdapter(LlavaAdapter):
             grid = grid.repeat(rows, 1)
         get_rope_index = self.model.model.get_rope_index
         kwargs: dict[str, Any] = {"image_grid_thw": grid}
-        if "mm_token_type_ids" in inspect.signature(get_rope_index).parameters:
-            kwargs["mm_token_type_ids"] = is_image.int()  # 5.2x; earlier releases find <|vision_start|>
+        if self._rope_takes_token_types:
+            kwargs["mm_token_type_ids"] = is_image.int()
         pos, deltas = get_rope_index(input_ids, **kwargs)
         if not bool((deltas == deltas[0]).all()):
             raise ValueError(f"rows of one stream have different M-RoPE offsets {deltas.flatten().tolist()}")
@@ -215,9 +217,16 @@ class Qwen2_5_VLAdapter(LlavaAdapter):
         pos = torch.arange(past + delta, past + delta + q, device=input_ids.device)
         return {"position_ids": pos.view(1, 1, q).expand(3, rows, q)}
 
+    def prepare(self, image: Image.Image, prompt: str) -> ModelInputs:
+        """`LlavaAdapter.prepare`, with the prompt's M-RoPE positions computed once (early-exit
+        streams read them at every decode step)."""
+        inputs = super().prepare(image, prompt)
+        inputs.rope_positions = self.prompt_positions(inputs.input_ids, inputs.vision_inputs)
+        return inputs
+
     def rope_position_ids(self, inputs: ModelInputs, index: torch.Tensor) -> torch.Tensor:
         """(3, rows, q): the prompt's M-RoPE positions at prompt indices, `index + offset` past them."""
-        pos, delta = self.prompt_positions(inputs.input_ids, inputs.vision_inputs)
+        pos, delta = inputs.rope_positions or self.prompt_positions(inputs.input_ids, inputs.vision_inputs)
         index = index.to(pos.device)
         table = pos[:, 0, index.clamp(max=inputs.length - 1)]  # (3, rows, q)
         return torch.where(index < inputs.length, table, index + delta)
