@@ -235,9 +235,9 @@ MUTANTS: tuple[Mutant, ...] = (
     # ---- model families (issue 17): what each adapter carries -------------------------------------
     M("next_image_sizes_not_broadcast", "vh_bench/models/llava_next.py",
       "sizes = sizes.expand(n, -1)", "sizes = sizes", (T_NEXT,)),
-    M("next_views_not_resized", "vh_bench/models/llava_next.py",
-      "resized = [im if im.size == size else im.resize(size, Image.BICUBIC) for im in images]",
-      "resized = list(images)", (T_NEXT,)),
+    M("views_not_resized_to_the_sample", "vh_bench/models/adapter.py",
+      "return [im if im.size == size else im.resize(size, Image.BICUBIC) for im in images]",
+      "return list(images)", (T_NEXT, T_QWEN)),
     M("blip_qformer_text_not_broadcast", "vh_bench/models/instructblip.py",
       "value = value.expand(n, -1)", "value = value", (T_BLIP,)),
     M("qwen_decode_positions_without_offset", "vh_bench/models/qwen2_5_vl.py",

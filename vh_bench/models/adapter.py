@@ -50,6 +50,16 @@ class ModelInputs:
         return torch.arange(self.image_start, self.image_start + self.n_image_tokens, device=self.input_ids.device)
 
 
+def at_sample_size(images: list[Image.Image], like: ModelInputs) -> list[Image.Image]:
+    """HALC's views resized to the sample's image size: a family whose visual-token count depends
+    on the image size (LLaVA-NeXT's anyres, Qwen2.5-VL's dynamic resolution) then gives every view
+    the sample's grid, so each fills `like`'s image span."""
+    if like.image is None:
+        raise ValueError("views need ModelInputs.image (the sample's size)")
+    size = like.image.size
+    return [im if im.size == size else im.resize(size, Image.BICUBIC) for im in images]
+
+
 @runtime_checkable
 class Adapter(Protocol):
     """What `LlavaAdapter` owns, made explicit. Attributes and calls used by methods and the runner."""

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from vh_bench.errors import ConfigError
-from vh_bench.models.adapter import ModelInputs
+from vh_bench.models.adapter import ModelInputs, at_sample_size
 from vh_bench.models.llava import LlavaAdapter
 
 
@@ -63,11 +63,7 @@ class LlavaNextAdapter(LlavaAdapter):
     def vision_batch(self, images: list[Image.Image], like: ModelInputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """HALC's views at the sample's image size: anyres then picks the same grid and the same
         unpadding, so every view yields exactly `like.n_image_tokens` features."""
-        if like.image is None:
-            raise ValueError("LLaVA-NeXT's views need ModelInputs.image (the sample's size)")
-        size = like.image.size
-        resized = [im if im.size == size else im.resize(size, Image.BICUBIC) for im in images]
-        enc = self.processor.image_processor(images=resized, return_tensors="pt")
+        enc = self.processor.image_processor(images=at_sample_size(images, like), return_tensors="pt")
         return enc["pixel_values"].to(self.device, self.dtype), {"image_sizes": enc["image_sizes"].to(self.device)}
 
     def vision_kwargs(self, pixel_values: torch.Tensor, vision_inputs: dict[str, torch.Tensor] | None) -> dict:

@@ -45,7 +45,7 @@ from PIL import Image
 from transformers import Qwen2_5_VLProcessor
 
 from vh_bench.errors import ConfigError
-from vh_bench.models.adapter import ModelInputs
+from vh_bench.models.adapter import ModelInputs, at_sample_size
 from vh_bench.models.llava import LlavaAdapter
 from vh_bench.models.pixels import check_pixels
 
@@ -141,11 +141,7 @@ class Qwen2_5_VLAdapter(LlavaAdapter):
     def vision_batch(self, images: list[Image.Image], like: ModelInputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """HALC's views resized to the sample's image size: the same grid, so each view fills
         `like`'s image span; the patches of all views are concatenated (Qwen's flat layout)."""
-        if like.image is None:
-            raise ValueError("Qwen2.5-VL's views need ModelInputs.image (the sample's size)")
-        size = like.image.size
-        resized = [im if im.size == size else im.resize(size, Image.BICUBIC) for im in images]
-        enc = self.processor.image_processor(images=resized, return_tensors="pt")
+        enc = self.processor.image_processor(images=at_sample_size(images, like), return_tensors="pt")
         grid = enc["image_grid_thw"].to(self.device)
         want = like.vision_inputs["image_grid_thw"].to(self.device)
         if not torch.equal(grid, want.expand(len(images), -1)):
