@@ -108,33 +108,30 @@ def make_processor(spec: TinySpec, words: list[str] | None = None):
     )
 
 
+def vision_shape(spec: Any) -> dict[str, Any]:
+    """A ViT's shape keywords from a spec's `image_size`, `patch_size`, `vision_*` fields (CLIP's and
+    BLIP's vision configs take the same names)."""
+    return dict(image_size=spec.image_size, patch_size=spec.patch_size, hidden_size=spec.vision_hidden,
+                intermediate_size=spec.vision_hidden * 4, num_hidden_layers=spec.vision_layers,
+                num_attention_heads=spec.vision_heads)  # fmt: skip
+
+
+def text_shape(spec: Any, vocab_size: int) -> dict[str, Any]:
+    """A decoder's shape keywords from a spec's `text_*` fields (Llama's and Qwen2's configs take the
+    same names); the vocabulary padded to `spec.pad_vocab_to`."""
+    return dict(vocab_size=max(vocab_size, spec.pad_vocab_to), hidden_size=spec.text_hidden,
+                intermediate_size=spec.text_intermediate, num_hidden_layers=spec.text_layers,
+                num_attention_heads=spec.text_heads, num_key_value_heads=spec.text_kv_heads,
+                max_position_embeddings=4096, rms_norm_eps=spec.rms_norm_eps,
+                initializer_range=spec.initializer_range)  # fmt: skip
+
+
 def make_sub_configs(spec: TinySpec, vocab_size: int):
     """(CLIP vision config, Llama text config) of `spec`; shared by the LLaVA-family builders."""
     from transformers import CLIPVisionConfig, LlamaConfig
 
-    vision = CLIPVisionConfig(
-        image_size=spec.image_size,
-        patch_size=spec.patch_size,
-        hidden_size=spec.vision_hidden,
-        intermediate_size=spec.vision_hidden * 4,
-        num_hidden_layers=spec.vision_layers,
-        num_attention_heads=spec.vision_heads,
-        projection_dim=spec.vision_hidden,
-    )
-    text = LlamaConfig(
-        vocab_size=max(vocab_size, spec.pad_vocab_to),
-        hidden_size=spec.text_hidden,
-        intermediate_size=spec.text_intermediate,
-        num_hidden_layers=spec.text_layers,
-        num_attention_heads=spec.text_heads,
-        num_key_value_heads=spec.text_kv_heads,
-        max_position_embeddings=4096,
-        rms_norm_eps=spec.rms_norm_eps,
-        initializer_range=spec.initializer_range,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
+    vision = CLIPVisionConfig(**vision_shape(spec), projection_dim=spec.vision_hidden)
+    text = LlamaConfig(**text_shape(spec, vocab_size), bos_token_id=1, eos_token_id=2, pad_token_id=0)
     return vision, text
 
 

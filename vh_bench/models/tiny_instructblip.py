@@ -19,7 +19,7 @@ from typing import Any
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
 from vh_bench.models.tiny import (IMAGE_TOKEN, TinySpec, build_once, build_tokenizer_object, make_sub_configs,
-                                  seeded_model)  # fmt: skip
+                                  seeded_model, vision_shape)  # fmt: skip
 from vh_bench.models.tiny_vocab import vocabulary
 
 # bert-base-uncased's special tokens (the real Q-Former tokenizer), at the front of the vocabulary.
@@ -93,12 +93,7 @@ def make_blip_model(spec: TinyBlipSpec, vocab_size: int, qformer_vocab_size: int
 
     _, text = make_sub_configs(spec, vocab_size)  # tiny LLaVA's Llama
     vision = InstructBlipVisionConfig(
-        image_size=spec.image_size,
-        patch_size=spec.patch_size,
-        hidden_size=spec.vision_hidden,
-        intermediate_size=spec.vision_hidden * 4,
-        num_hidden_layers=spec.vision_layers,
-        num_attention_heads=spec.vision_heads,
+        **vision_shape(spec),
         initializer_range=spec.initializer_range,  # the default 1e-10 would make a blind tower
     )
     qformer = InstructBlipQFormerConfig(

@@ -21,7 +21,7 @@ from typing import Any
 
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
-from vh_bench.models.tiny import build_once, seeded_model
+from vh_bench.models.tiny import build_once, seeded_model, text_shape
 from vh_bench.models.tiny_vocab import vocabulary
 
 # Ids 0…6 here; 151643…151656 in Qwen2.5's tokenizer (the order of these names is the same).
@@ -124,15 +124,7 @@ def make_model(spec: TinyQwenSpec, tokenizer):
         raise ValueError(f"mrope_section {spec.mrope_section} must sum to head_dim/2 = {head_dim // 2}")
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     text = dict(
-        vocab_size=max(len(tokenizer), spec.pad_vocab_to),
-        hidden_size=spec.text_hidden,
-        intermediate_size=spec.text_intermediate,
-        num_hidden_layers=spec.text_layers,
-        num_attention_heads=spec.text_heads,
-        num_key_value_heads=spec.text_kv_heads,
-        max_position_embeddings=4096,
-        rms_norm_eps=spec.rms_norm_eps,
-        initializer_range=spec.initializer_range,
+        **text_shape(spec, len(tokenizer)),
         rope_parameters={"rope_type": "default", "rope_theta": spec.rope_theta, "mrope_section": list(spec.mrope_section)},
         bos_token_id=ids[ENDOFTEXT],
         eos_token_id=ids[IM_END],
