@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from methods.fastv import FastV
 from methods.halc_fov import ViewEncoder, fov_boxes
@@ -23,8 +22,6 @@ from tests.stepping import assert_equivalent, gen_config, margins_ok, run_method
 from tests.zeroed import ZEROED, assert_bitwise_vanilla, main_logits
 from vh_bench.config import compose
 from vh_bench.errors import ConfigError
-from vh_bench.models.registry import FAMILIES
-from vh_bench.paths import config_dir
 from vh_bench.models.llava_next import LlavaNextAdapter
 from vh_bench.runner import load_adapter, resolve_model_path, run
 
@@ -138,11 +135,3 @@ def test_a_next_checkpoint_under_the_llava_family_names_the_family_to_set(tmp_pa
     with pytest.raises(ConfigError, match=r"`model.path`: .*'llava_next' checkpoint.*set model.family=llava_next"):
         run(compose([*FAST[1:], "model=llava-1.5-7b", f"model.path={path}", "runtime.limit=1", results_override(tmp_path)]))
 
-
-def test_every_family_has_a_tiny_and_a_real_config() -> None:
-    """Each registry entry is reachable: a tiny config that builds offline and a real one with a hub id."""
-    configs = {p.stem: yaml.safe_load(p.read_text()) for p in (config_dir() / "model").glob("*.yaml")}
-    for name, fam in FAMILIES.items():
-        mine = {k: c for k, c in configs.items() if c.get("family", "llava") == name}
-        assert any(c.get("tiny") for c in mine.values()), name
-        assert any(c.get("path") == fam.example_hub_id for c in mine.values()), name
