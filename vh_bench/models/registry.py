@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vh_bench.errors import ConfigError
+from vh_bench.models.pixels import PIXEL_KEYS
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ FAMILIES: dict[str, Family] = {
         adapter="vh_bench.models.qwen2_5_vl:Qwen2_5_VLAdapter",
         tiny_builder="vh_bench.models.tiny_qwen2_5_vl:build_from_dict",
         example_hub_id="Qwen/Qwen2.5-VL-7B-Instruct",
-        load_keys=("min_pixels", "max_pixels"),
+        load_keys=PIXEL_KEYS,
         option_check="vh_bench.models.pixels:check_pixels",
     ),
 }
